@@ -1,0 +1,144 @@
+"""The model card: everything inference needs to know about a set of weights, stored beside them.
+
+A card is plain JSON data. It names the architecture (family + constructor kwargs), the classes,
+and the exact preprocessing the weights were trained with (axis order, spacing, normalisation,
+patch size), so the same file drives the backend, the server and training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FORMAT_VERSION = 1
+
+KINDS = ("automatic", "promptable")
+AXIS_ORDERS = ("kji", "ras")
+NORMALIZATION_SCHEMES = ("zscore", "ct_clip_zscore", "hu_window", "none")
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+class ModelCardError(ValueError):
+    """A model card that is missing a field or holds a value the backend cannot use."""
+
+
+@dataclass
+class ModelCard:
+    """Description of one model.
+
+    Attributes:
+        id: short name used on the command line and over HTTP (letters, digits, ``-``, ``_``, ``.``).
+        family: architecture family, a key of ``tsfm_backend.models`` (``stunet``, ``tsfm``, ...).
+        architecture: constructor keyword arguments of the family's network.
+        kind: ``automatic`` (whole-volume labels) or ``promptable`` (clicks and boxes).
+        classes: label value -> name; 0 is background and is not listed.
+        in_channels: number of image channels the network takes.
+        spacing: target voxel spacing in mm in (K, J, I) = (z, y, x) order; ``None`` keeps the input's.
+        axis_order: ``kji`` (arrays as stored, SimpleITK order) or ``ras`` (reoriented to RAS first).
+        normalization: ``{"scheme": one of NORMALIZATION_SCHEMES, ...parameters}``; parameters are
+            ``lower``/``upper`` (HU clip or window) and ``mean``/``std`` (dataset statistics).
+        patch_size: sliding-window patch (or interactive crop) in voxels, (K, J, I) order.
+        output: ``softmax`` (one label per voxel) or ``sigmoid`` (independent classes).
+        license: license of the weights (SPDX id or a short phrase).
+        provenance: where the weights came from: source file, training data, commit, metrics.
+        description: one sentence for people.
+    """
+
+    id: str
+    family: str
+    architecture: dict[str, Any]
+    kind: str = "automatic"
+    classes: dict[int, str] = field(default_factory=dict)
+    in_channels: int = 1
+    spacing: tuple[float, float, float] | None = None
+    axis_order: str = "kji"
+    normalization: dict[str, Any] = field(default_factory=lambda: {"scheme": "zscore"})
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    output: str = "softmax"
+    license: str = "unknown"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    format_version: int = CARD_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.classes = {int(k): str(v) for k, v in self.classes.items()}
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ModelCardError naming the first field that is wrong."""
+        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id):
+            raise ModelCardError(f"model id {self.id!r} must be letters, digits, '-', '_' or '.'")
+        if self.kind not in KINDS:
+            raise ModelCardError(f"kind {self.kind!r} is not one of {KINDS}")
+        if self.axis_order not in AXIS_ORDERS:
+            raise ModelCardError(f"axis_order {self.axis_order!r} is not one of {AXIS_ORDERS}")
+        if self.output not in OUTPUT_ACTIVATIONS:
+            raise ModelCardError(f"output {self.output!r} is not one of {OUTPUT_ACTIVATIONS}")
+        scheme = self.normalization.get("scheme")
+        if scheme not in NORMALIZATION_SCHEMES:
+            raise ModelCardError(f"normalization scheme {scheme!r} is not one of {NORMALIZATION_SCHEMES}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ModelCardError(f"spacing must be three positive numbers in mm, got {self.spacing}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ModelCardError(f"patch_size must be three positive integers, got {self.patch_size}")
+        if 0 in self.classes:
+            raise ModelCardError("classes must not list label 0 (background)")
+        if self.in_channels < 1:
+            raise ModelCardError(f"in_channels must be at least 1, got {self.in_channels}")
+        if self.format_version > CARD_FORMAT_VERSION:
+            raise ModelCardError(
+                f"model card format {self.format_version} is newer than this backend understands "
+                f"({CARD_FORMAT_VERSION}); update tsfm-backend"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of a softmax network (background included) or of a sigmoid one."""
+        if self.output == "softmax":
+            return max(self.classes, default=0) + 1
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["classes"] = {str(k): v for k, v in sorted(self.classes.items())}
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelCardError(f"model card has unknown fields {unknown}")
+        missing = [name for name in ("id", "family", "architecture") if name not in data]
+        if missing:
+            raise ModelCardError(f"model card is missing {missing}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ModelCardError(f"model card is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ModelCardError("model card must be a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except ModelCardError as error:
+            raise ModelCardError(f"{path}: {error}") from error
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")

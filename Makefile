@@ -1,0 +1,40 @@
+# Quick start: `make demo` runs the main job, `make test` runs the whole suite.
+# Both create or reuse .venv inside the repo; a second run installs nothing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install --quiet --disable-pip-version-check
+# pip prints one harmless warning per package for the machine's unused local indexes.
+QUIET  := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+STAMP  := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test venv lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt Backend/pyproject.toml training/pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "Installing torch (CPU wheel) into $(VENV) ..."
+	@$(PIP) torch==2.13.0 $(QUIET)
+	@echo "Installing tsfm-backend, tsfm-training and test tools ..."
+	@$(PIP) -e ./Backend[server] -e ./training -r requirements-dev.txt $(QUIET)
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest Testing
+
+demo: $(STAMP)
+	$(PY) -m tsfm_backend.cli info
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) Testing/bench/bench_predict.py
+	$(PY) Testing/bench/bench_interactive.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

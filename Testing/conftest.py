@@ -1,0 +1,52 @@
+"""Shared fixtures: where the real data lives, an isolated model store, and marker handling."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The real CT and released files: $TSFM_SHARED_DATA, else ../shared/data beside the repository."""
+    return Path(os.environ.get("TSFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / "README.md").is_file():
+        pytest.fail(f"real test data not found at {path}; set TSFM_SHARED_DATA to the shared/data folder")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_model_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own $TSFM_HOME so nothing touches the user's ~/.tsfm."""
+    home = tmp_path_factory.mktemp("tsfm_home")
+    monkeypatch.setenv("TSFM_HOME", str(home))
+    return home
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slicer = pytest.mark.skip(reason="needs the slicer-core wheel")
+    has_cuda = _cuda_available() if any("gpu" in item.keywords for item in items) else False
+    has_slicer = importlib.util.find_spec("slicer") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "slicer" in item.keywords and not has_slicer:
+            item.add_marker(skip_slicer)
