@@ -1,0 +1,362 @@
+"""The training loop shared by every recipe: one optimiser step per batch, checkpointed so a killed run resumes exactly.
+
+``fit`` is deliberately ignorant of what is trained: the recipe hands it a model, an iterator of batches
+(dicts of tensors), and ``loss_fn(model, batch) -> scalar tensor``. The loop owns everything around the
+step: optimiser, learning-rate schedule, mixed precision, gradient clipping, a guard against non-finite
+losses, TensorBoard scalars, a progress bar and ``output_dir/last.pt``.
+
+Exact resume: ``last.pt`` holds the model, optimiser, scheduler, grad-scaler and every random generator
+(Python, NumPy, torch CPU/CUDA) together with the step. Batches are drawn lazily from ``batches``; when the
+iterator draws its randomness from those global generators, or exposes ``state_dict()`` /
+``load_state_dict()`` itself, a resumed run sees the same batches and ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("poly", "cosine", "constant")
+CHECKPOINT_NAME = "last.pt"
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+Validate = Callable[[nn.Module, int], dict[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+@dataclass
+class LoopConfig:
+    """Everything the loop needs besides model, data and loss. Steps count optimiser steps, not epochs.
+
+    ``schedule``: ``poly`` is ``lr·(1 - t/steps)^poly_power`` (nnU-Net, power 0.9), ``cosine`` decays to
+    ``min_lr`` after a linear warm-up (SuPreM), ``constant`` keeps ``lr``. ``warmup_steps`` applies to all.
+    ``amp`` uses float16 with a gradient scaler on CUDA and bfloat16 autocast on the CPU.
+    ``checkpoint_every`` 0 writes ``last.pt`` only at the end; ``validate_every`` 0 validates only at the end.
+    """
+
+    steps: int
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "poly"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    amp: bool = False
+    checkpoint_every: int = 0
+    log_every: int = 10
+    output_dir: str | Path = "runs/train"
+    seed: int = 0
+    momentum: float = 0.99
+    nesterov: bool = True
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    max_nonfinite_steps: int = 10
+    validate_every: int = 0
+    device: str = "auto"
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if int(self.steps) < 1:
+            raise ValueError(f"LoopConfig.steps must be >= 1, got {self.steps!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"LoopConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"LoopConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (float(self.lr) > 0):
+            raise ValueError(f"LoopConfig.lr must be > 0, got {self.lr!r}")
+        if not 0 <= int(self.warmup_steps) < max(1, int(self.steps)):
+            raise ValueError(f"LoopConfig.warmup_steps must be in [0, steps), got {self.warmup_steps!r}")
+        if self.grad_clip is not None and not float(self.grad_clip) > 0:
+            raise ValueError(f"LoopConfig.grad_clip must be > 0 or null, got {self.grad_clip!r}")
+        if int(self.max_nonfinite_steps) < 1:
+            raise ValueError(f"LoopConfig.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps!r}")
+        self.steps, self.warmup_steps = int(self.steps), int(self.warmup_steps)
+        self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
+        self.output_dir = Path(self.output_dir)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoopConfig:
+        """Build from a YAML mapping, naming any key that is not a field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown loop settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["output_dir"] = str(self.output_dir)
+        return values
+
+
+def lr_factor(step: int, config: LoopConfig) -> float:
+    """Multiplier of ``config.lr`` for optimiser step ``step`` (0-based): warm-up, then the schedule."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    floor = config.min_lr / config.lr
+    if config.schedule == "poly":
+        return floor + (1.0 - floor) * (1.0 - progress) ** config.poly_power
+    if config.schedule == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], config: LoopConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum, as nnU-Net/STU-Net), Adam (PyMIC) or AdamW (SuPreM, 3DSAM-adapter)."""
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """``random.setstate`` needs tuples; a checkpoint round trip may hand back lists."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network inside a DistributedDataParallel / FSDP / compiled wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename) so a kill mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"cannot read training checkpoint {path}: {error}") from error
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: LossFn,
+    config: LoopConfig,
+    parameters: Iterable[nn.Parameter] | None = None,
+    validate: Validate | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for ``config.steps`` optimiser steps, resuming from ``output_dir/last.pt`` if present.
+
+    ``batches`` yields dicts of tensors (e.g. ``image`` (B, C, Z, Y, X) float, ``label`` (B, 1, Z, Y, X));
+    they are moved to the model's device. ``parameters`` restricts what is optimised (fine-tuning modes);
+    by default every parameter with ``requires_grad``. ``validate(model, step)`` returns scalar metrics,
+    logged to TensorBoard and returned. Returns ``step``, ``loss`` (mean of the last ``log_every`` finite
+    steps), ``skipped_steps``, ``resumed_from``, ``validation``, ``seconds`` and ``checkpoint``.
+    """
+    from tsfm_backend.device import resolve_device
+
+    device = resolve_device(config.device)
+    main = _is_main_process()
+    if device.type == "cpu" and main:
+        log.info("Training on the CPU (%d threads); a CUDA GPU is much faster.", torch.get_num_threads())
+    model.to(device)
+    network = unwrap(model)
+    optimizer = build_optimizer(parameters if parameters is not None else model.parameters(), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    use_scaler = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
+    start, skipped, validation = 0, 0, {}
+    seed_everything(config.seed)
+    if checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if hasattr(batches, "load_state_dict") and "batches" in state:
+            batches.load_state_dict(state["batches"])
+        set_rng_state(state["rng"])
+        start, skipped, validation = int(state["step"]), int(state["skipped_steps"]), state.get("validation", {})
+        if main:
+            log.info("Resuming from %s at step %d of %d", checkpoint_path, start, config.steps)
+
+    writer = _summary_writer(Path(config.output_dir), start) if main else None
+    bar = _progress_bar(start, config) if main else None
+
+    def checkpoint(step: int) -> None:
+        if not main:
+            return
+        state = {
+            "step": step, "skipped_steps": skipped, "validation": validation,
+            "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": rng_state(), "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
+        }
+        if hasattr(batches, "state_dict"):
+            state["batches"] = batches.state_dict()
+        save_checkpoint(checkpoint_path, state)
+
+    recent: list[float] = []
+    nonfinite_run = 0
+    started = time.perf_counter()
+    model.train()
+    iterator = iter(batches)
+    try:
+        for step in range(start, config.steps):
+            try:
+                batch = _to_device(next(iterator), device)
+            except StopIteration as exhausted:
+                raise ValueError(f"the batch iterator ran out at step {step} of {config.steps}") from exhausted
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+                loss = loss_fn(model, batch)
+            finite = bool(torch.isfinite(loss.detach()).all())
+            grad_norm = float("nan")
+            if finite:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                clip = config.grad_clip if config.grad_clip is not None else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], clip))
+                # The scaler skips fp16 overflow steps itself; without it a non-finite gradient is our job.
+                finite = use_scaler or math.isfinite(grad_norm)
+            if finite:
+                scaler.step(optimizer)
+                scaler.update()
+                nonfinite_run = 0
+                recent = (recent + [float(loss.detach())])[-max(1, config.log_every):]
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite_run += 1
+                skipped += 1
+                log.warning("step %d: non-finite loss or gradient (%s); skipped (%d in a row)",
+                            step + 1, float(loss.detach()), nonfinite_run)
+                if nonfinite_run >= config.max_nonfinite_steps:
+                    raise TrainingDiverged(
+                        f"{nonfinite_run} consecutive non-finite steps up to step {step + 1}; lower the learning "
+                        f"rate or check the data (last good checkpoint: {checkpoint_path})")
+            with warnings.catch_warnings():
+                # A skipped (non-finite) step still advances the schedule; torch warns about that order.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                scheduler.step()
+            done = step + 1
+            if writer is not None and (done % max(1, config.log_every) == 0 or done == config.steps):
+                if recent:
+                    writer.add_scalar("train/loss", float(np.mean(recent)), done)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                writer.add_scalar("train/grad_norm", grad_norm, done)
+                writer.add_scalar("train/skipped_steps", skipped, done)
+            if validate is not None and (done == config.steps or (
+                    config.validate_every and done % config.validate_every == 0)):
+                model.eval()
+                with torch.no_grad():
+                    validation = {k: float(v) for k, v in validate(network, done).items()}
+                model.train()
+                if writer is not None:
+                    for name, value in validation.items():
+                        writer.add_scalar(f"val/{name}", value, done)
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+                checkpoint(done)
+            if bar is not None:
+                bar.update(1)
+                if recent:
+                    bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+
+    return {
+        "step": config.steps,
+        "loss": float(np.mean(recent)) if recent else float("nan"),
+        "skipped_steps": skipped,
+        "resumed_from": start,
+        "validation": validation,
+        "seconds": time.perf_counter() - started,
+        "checkpoint": str(checkpoint_path),
+    }
+
+
+def _summary_writer(output_dir: Path, start: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a killed run logged after its last checkpoint, so curves do not fork.
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=start or None)
+
+
+def _progress_bar(start: int, config: LoopConfig):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not config.progress,
+                dynamic_ncols=True)
