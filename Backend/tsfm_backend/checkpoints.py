@@ -1,0 +1,137 @@
+"""Loading and saving model weights: one entry point for our format and every official format.
+
+``load_model`` takes a model id (installed or bundled) or a path to any supported checkpoint, finds
+the format, builds the network the weights belong to and loads them by name, strictly. No pickled
+code ever runs: torch files are read with ``weights_only=True`` and nnU-Net's ``.pkl`` plan files
+with a restricted unpickler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tsfm_backend.formats import ours
+from tsfm_backend.formats.errors import CheckpointError, UnknownModelError, UnsafePickleError
+from tsfm_backend.model_card import ModelCard
+from tsfm_backend.models import build_network
+from tsfm_backend.store import resolve_model
+
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "UnknownModelError",
+    "UnsafePickleError",
+    "detect_format",
+    "load_model",
+    "read_checkpoint",
+    "save_model",
+]
+
+# Format name -> reader module, tried in this order; each has detect(path) and read(path, model_id).
+FORMAT_READERS: dict[str, str] = {
+    "tsfm": "tsfm_backend.formats.ours",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A network with its weights, in eval mode on its device, and the card that describes it."""
+
+    network: nn.Module
+    card: ModelCard
+
+
+def detect_format(path: Path) -> str:
+    """The format name of a checkpoint file or folder; raises CheckpointError listing what is supported."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    for name, module_name in FORMAT_READERS.items():
+        if importlib.import_module(module_name).detect(path):
+            return name
+    raise CheckpointError(
+        f"{path}: not a checkpoint format this backend knows; supported: {', '.join(FORMAT_READERS)}"
+    )
+
+
+def read_checkpoint(
+    path: str | os.PathLike, model_id: str | None = None
+) -> tuple[dict[str, torch.Tensor], ModelCard, str]:
+    """(state_dict on the CPU, card, format name) of any supported checkpoint; builds nothing."""
+    path = Path(path)
+    fmt = detect_format(path)
+    state_dict, card = importlib.import_module(FORMAT_READERS[fmt]).read(path, model_id)
+    return state_dict, card, fmt
+
+
+def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """The card's network holding exactly ``state_dict`` (strict: every key present, no extra, same shapes).
+
+    The network is first built on the meta device so large models are not randomly initialised only to
+    be overwritten; families whose construction cannot run there are built on the CPU.
+    """
+    try:
+        with torch.device("meta"):
+            network = build_network(card)
+    except (RuntimeError, NotImplementedError):
+        network = build_network(card)
+    _check_state_dict(card, network, state_dict)
+    network.load_state_dict(state_dict, strict=True, assign=True)
+    if any(t.is_meta for t in list(network.parameters()) + list(network.buffers())):
+        network = build_network(card)
+        network.load_state_dict(state_dict, strict=True)
+    return network.eval()
+
+
+def _check_state_dict(card: ModelCard, network: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(
+            f"weights do not fit model {card.id!r} ({card.family}, {card.architecture}): " + "; ".join(parts)
+        )
+
+
+def load_model(path_or_id: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by id (``$TSFM_HOME/models/<id>``, then bundled) or from any supported checkpoint path.
+
+    Returns the network in eval mode on ``device`` with its card. Raises UnknownModelError for an id that
+    is nowhere, CheckpointError for a file that cannot be read or does not fit its architecture.
+    """
+    path = resolve_model(path_or_id)
+    state_dict, card, _ = read_checkpoint(path)
+    network = instantiate(card, state_dict)
+    if isinstance(device, str) and device == "auto":
+        from tsfm_backend.device import resolve_device
+
+        device = resolve_device("auto")
+    return LoadedModel(network=network.to(torch.device(device)), card=card)
+
+
+def save_model(network: nn.Module, card: ModelCard, directory: str | os.PathLike) -> Path:
+    """Write ``network``'s weights and ``card`` in our format (``model.safetensors`` + ``model.json``).
+
+    The weights are checked against the card's architecture first, so a saved model always loads.
+    Returns the folder.
+    """
+    state_dict = network.state_dict()
+    with torch.device("meta"):
+        reference = build_network(card)
+    _check_state_dict(card, reference, state_dict)
+    return ours.write(state_dict, card, Path(directory))
