@@ -1,0 +1,1 @@
+"""Training objectives, one per file: supervised Dice+CE, partial-label BCE+Dice, Volume Fusion."""
