@@ -13,6 +13,7 @@ import sys
 
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "tsfm_backend.commands.info"),
+    ("predict", "tsfm_backend.commands.predict"),
 )
 
 

@@ -1,0 +1,237 @@
+"""Sliding-window inference as pure functions, with a memory-bounded accumulator.
+
+Windows are laid out per axis as nnU-Net does (evenly spaced, first at 0, last flush with the end,
+``ceil((size - patch) / (patch * step)) + 1`` of them), weighted by a Gaussian importance map with
+sigma = patch / 8, and their logits averaged (nnU-Net v2 and MONAI both average logits, not
+probabilities). Windows run in order of their first axis, so once the window front has passed a
+row of that axis no later window touches it: those rows are averaged and handed to ``on_slab``
+right away and their memory reused. The accumulator therefore holds classes x (patch depth plus
+the span of one batch) x rows x columns, never classes x the whole volume.
+
+The network is passed in as a callable, ``predict(batch (B, C, *patch)) -> logits (B, K, *patch)``;
+``make_predictor`` builds one with mirroring test-time augmentation, autocast and channels-last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+Slab = Callable[[int, torch.Tensor], None]
+Progress = Callable[[float, str], None]
+
+
+class InferenceCancelled(Exception):
+    """Raised between window batches when the caller's ``is_cancelled()`` returned True."""
+
+
+def window_starts(size: int, patch: int, step: float) -> list[int]:
+    """First voxel of each window along one axis of ``size`` voxels (``size >= patch``)."""
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    if patch > size:
+        raise ValueError(f"patch {patch} is larger than the axis ({size}); pad the image first")
+    count = math.ceil((size - patch) / (patch * step)) + 1
+    if count == 1:
+        return [0]
+    stride = (size - patch) / (count - 1)
+    return [int(round(stride * i)) for i in range(count)]
+
+
+def window_positions(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[int, int, int]]:
+    """All window corners (z, y, x), sorted by z first: the order the accumulator needs."""
+    per_axis = [window_starts(n, p, step) for n, p in zip(shape, patch, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
+def gaussian_importance_map(
+    patch: Sequence[int], sigma_scale: float = 1.0 / 8, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(Z, Y, X) float32 Gaussian centred on voxel ``patch // 2`` with sigma = patch * sigma_scale, max 1."""
+    axes = []
+    for size in patch:
+        sigma = max(size * sigma_scale, 1e-6)
+        distance = torch.arange(size, dtype=torch.float64) - size // 2
+        axes.append(torch.exp(-0.5 * (distance / sigma) ** 2))
+    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weight = weight / weight.max()
+    return weight.clamp_min(1e-6).to(torch.float32).to(device)
+
+
+def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad (C, Z, Y, X) with zeros, split evenly on both sides, so every axis is at least the patch.
+
+    Returns the padded image and the padding before each axis (to crop results back).
+    """
+    before, pads = [], []
+    for size, p in zip(image.shape[1:], patch, strict=True):
+        missing = max(0, p - size)
+        before.append(missing // 2)
+        pads.append((missing // 2, missing - missing // 2))
+    if not any(missing for pair in pads for missing in pair):
+        return image, (0, 0, 0)
+    flat = [value for pair in reversed(pads) for value in pair]
+    return torch.nn.functional.pad(image, flat), tuple(before)  # type: ignore[return-value]
+
+
+def windows_in_body(
+    positions: list[tuple[int, int, int]], patch: Sequence[int], body: torch.Tensor | np.ndarray | None
+) -> list[tuple[int, int, int]]:
+    """The windows that contain at least one body voxel (all of them when ``body`` is None)."""
+    if body is None:
+        return positions
+    mask = body.cpu().numpy() if isinstance(body, torch.Tensor) else np.asarray(body)
+    # Summed-volume table: any voxel in a box is one O(1) lookup.
+    table = np.zeros(tuple(n + 1 for n in mask.shape), dtype=np.int64)
+    table[1:, 1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+    kept = []
+    for z, y, x in positions:
+        z1, y1, x1 = z + patch[0], y + patch[1], x + patch[2]
+        total = (
+            table[z1, y1, x1] - table[z, y1, x1] - table[z1, y, x1] - table[z1, y1, x]
+            + table[z, y, x1] + table[z, y1, x] + table[z1, y, x] - table[z, y, x]
+        )
+        if total > 0:
+            kept.append((z, y, x))
+    return kept
+
+
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes`` (0, 1, 2 of a (Z, Y, X) patch) as tensor dims of a batch."""
+    dims = [axis + 2 for axis in axes]
+    return [combo for r in range(len(dims) + 1) for combo in itertools.combinations(dims, r)]
+
+
+def make_predictor(
+    network: torch.nn.Module,
+    mirror_axes: Sequence[int] = (),
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``batch (B, C, Z, Y, X) -> float32 logits (B, K, Z, Y, X)``, averaged over mirrored copies.
+
+    ``amp_dtype`` (bf16 or fp16) turns on autocast on the batch's device; ``channels_last`` feeds the
+    network channels-last-3d tensors (faster convolutions on CUDA). A network that returns a list or
+    tuple (deep supervision) contributes its first, full-resolution output.
+    """
+    combos = mirror_combinations(mirror_axes)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            output = network(batch)
+        if isinstance(output, (list, tuple)):
+            output = output[0]
+        return output.float()
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        total = None
+        for dims in combos:
+            flipped = torch.flip(batch, dims) if dims else batch
+            logits = forward(flipped)
+            logits = torch.flip(logits, dims) if dims else logits
+            total = logits if total is None else total + logits
+        return total / len(combos)
+
+    return predict
+
+
+def sliding_window(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    on_slab: Slab,
+    step: float = 0.5,
+    batch_size: int = 1,
+    body: torch.Tensor | np.ndarray | None = None,
+    empty_logits: torch.Tensor | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> None:
+    """Average Gaussian-weighted window logits over ``image`` and hand them out slab by slab.
+
+    Args:
+        predict: batch (B, C, *patch) -> logits (B, num_classes, *patch).
+        image: (C, Z, Y, X), every axis at least the patch (see ``pad_to_patch``).
+        patch: window size (Z, Y, X) in voxels.
+        on_slab: called as ``on_slab(z0, logits)`` with the averaged logits (num_classes, rows, Y, X)
+            of rows z0 .. z0 + rows - 1, in increasing z0, covering every row exactly once.
+        body: optional (Z, Y, X) mask; windows with no body voxel are not run.
+        empty_logits: (num_classes,) logits for voxels no window covered (default all zero).
+        accumulate_dtype: dtype of the running sums (float32, or float16 to halve memory).
+        progress: called after each batch with the fraction of windows done.
+        is_cancelled: checked before each batch; True raises InferenceCancelled.
+    """
+    shape = tuple(image.shape[1:])
+    device = image.device
+    positions = windows_in_body(window_positions(shape, patch, step), patch, body)
+    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+    capacity = patch[0] + max((b[-1][0] - b[0][0] for b in batches), default=0)
+    capacity = min(capacity, shape[0])
+    scores = torch.zeros((num_classes, capacity, *shape[1:]), dtype=accumulate_dtype, device=device)
+    weights = torch.zeros((capacity, *shape[1:]), dtype=torch.float32, device=device)
+    importance = gaussian_importance_map(patch, device=device)
+    fill = (empty_logits if empty_logits is not None else torch.zeros(num_classes)).to(device, torch.float32)
+    base = 0  # first row not yet handed out; row z lives at buffer row z - base
+
+    def emit(stop: int) -> None:
+        nonlocal base
+        rows = stop - base
+        if rows <= 0:
+            return
+        first = min(rows, capacity)
+        on_slab(base, _average(scores[:, :first], weights[:first], fill))
+        # Rows beyond the buffer were skipped by every window (outside the body): they take ``fill``.
+        for start in range(first, rows, capacity):
+            end = min(rows, start + capacity)
+            on_slab(base + start, fill[:, None, None, None].expand(-1, end - start, *shape[1:]).clone())
+        keep = max(0, capacity - rows)
+        if keep:
+            scores[:, :keep] = scores[:, rows : rows + keep].clone()
+            weights[:keep] = weights[rows : rows + keep].clone()
+        scores[:, keep:] = 0
+        weights[keep:] = 0
+        base = stop
+
+    for done, batch in enumerate(batches):
+        if is_cancelled is not None and is_cancelled():
+            raise InferenceCancelled(f"cancelled after {done} of {len(batches)} window batches")
+        emit(batch[0][0])
+        tiles = torch.stack([image[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch])
+        logits = predict(tiles)
+        for (z, y, x), tile in zip(batch, logits, strict=True):
+            rows = slice(z - base, z - base + patch[0])
+            scores[:, rows, y : y + patch[1], x : x + patch[2]] += (tile * importance).to(accumulate_dtype)
+            weights[rows, y : y + patch[1], x : x + patch[2]] += importance
+        if progress is not None:
+            progress((done + 1) / len(batches), f"window batch {done + 1} of {len(batches)}")
+    emit(shape[0])
+
+
+def _average(scores: torch.Tensor, weights: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Weighted mean logits (float32); voxels with no weight get ``fill``."""
+    covered = weights > 0
+    averaged = scores.float() / torch.where(covered, weights, torch.ones_like(weights))
+    if not bool(covered.all()):
+        averaged = torch.where(covered[None], averaged, fill[:, None, None, None])
+    return averaged
+
+
+def sliding_window_logits(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    **kwargs,
+) -> torch.Tensor:
+    """The whole averaged logit volume (num_classes, Z, Y, X); for small images and for tests."""
+    slabs: list[torch.Tensor] = []
+    sliding_window(predict, image, patch, num_classes, lambda _z0, slab: slabs.append(slab), **kwargs)
+    return torch.cat(slabs, dim=1)
