@@ -22,6 +22,8 @@ FAMILIES: dict[str, str] = {
     "pctnet": "tsfm_backend.models.pctnet",
     "fmunet": "tsfm_backend.models.fmunet",
     "suprem": "tsfm_backend.models.suprem",
+    "click_unet": "tsfm_backend.models.click_unet",
+    "sam3d": "tsfm_backend.models.sam3d",
 }
 
 

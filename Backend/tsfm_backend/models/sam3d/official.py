@@ -1,0 +1,177 @@
+"""Reading the 3DSAM-adapter authors' checkpoints (``last.pth.tar`` / ``best.pth.tar``) with their key names.
+
+The file is ``{"encoder_dict", "decoder_dict", "feature_dict": [4 prompt-encoder state_dicts], "epoch",
+"best_val_loss", *optimizer states}``. Our ``Sam3D`` holds the three parts under ``image_encoder.``,
+``mask_decoder.`` and ``prompt_encoder.`` with the authors' names below those prefixes, so conversion is a
+prefix, plus two differences that are checked, not silently skipped:
+
+- ``encoder_dict`` carries each shifted block's ``attn_mask`` (nWindows, w^3, w^3). It is a function of
+  the grid, so ``Sam3D`` derives it instead of storing it; the file's masks must have the right keys and
+  shapes and are then dropped.
+- ``feature_dict`` holds four prompt encoders, of which the published model uses only the last (the one
+  conditioning the final feature). All four must fit the architecture; only the last is kept.
+
+The architecture is recognised by matching every key and shape against ``PRESETS``; a file that fits
+none is refused with the differences to the closest preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from tsfm_backend.formats.errors import CheckpointError
+from tsfm_backend.model_card import ModelCard
+
+from .model import PROMPTED_LEVEL, Sam3D
+from .presets import PRESETS
+
+PARTS = ("encoder_dict", "decoder_dict", "feature_dict")
+
+# Per published dataset: HU clip, global foreground mean/std (from the authors' data loader) and target.
+DATASETS: dict[str, dict[str, Any]] = {
+    "kits": {"lower": -54.0, "upper": 247.0, "mean": 59.54, "std": 55.46, "name": "kidney tumor", "data": "KiTS21"},
+    "lits": {"lower": -48.0, "upper": 163.0, "mean": 60.06, "std": 40.20, "name": "liver tumor", "data": "LiTS17"},
+    "pancreas": {"lower": -39.0, "upper": 204.0, "mean": 68.45, "std": 63.42, "name": "pancreas tumor", "data": "MSD Pancreas"},
+    "colon": {"lower": -57.0, "upper": 175.0, "mean": 65.18, "std": 32.65, "name": "colon cancer", "data": "MSD Colon"},
+}
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def official_shapes(architecture: Mapping[str, Any]) -> dict[str, Shapes]:
+    """Key -> shape of each part of an authors' checkpoint for ``architecture`` (built on the meta device)."""
+    with torch.device("meta"):
+        network = Sam3D(**architecture)
+    encoder = {k: tuple(v.shape) for k, v in network.image_encoder.state_dict().items()}
+    for index, block in enumerate(network.image_encoder.blocks):
+        if block.attn_mask is not None:
+            encoder[f"blocks.{index}.attn_mask"] = tuple(block.attn_mask.shape)
+    return {
+        "encoder_dict": encoder,
+        "decoder_dict": {k: tuple(v.shape) for k, v in network.mask_decoder.state_dict().items()},
+        "feature_dict": {k: tuple(v.shape) for k, v in network.prompt_encoder.state_dict().items()},
+    }
+
+
+def _differences(label: str, expected: Shapes, found: Mapping[str, torch.Tensor]) -> list[str]:
+    missing = [f"{label} missing {k}" for k in expected if k not in found]
+    extra = [f"{label} unexpected {k}" for k in found if k not in expected]
+    wrong = [
+        f"{label} {k} {tuple(found[k].shape)} != {shape}"
+        for k, shape in expected.items()
+        if k in found and tuple(found[k].shape) != shape
+    ]
+    return missing + extra + wrong
+
+
+def _check_layout(checkpoint: Mapping[str, Any]) -> list[Mapping[str, torch.Tensor]]:
+    for part in PARTS:
+        if part not in checkpoint:
+            raise CheckpointError(f"3DSAM-adapter checkpoint has no {part!r} (keys: {sorted(checkpoint)[:8]})")
+    features = checkpoint["feature_dict"]
+    if not isinstance(features, (list, tuple)) or len(features) != 4:
+        raise CheckpointError("3DSAM-adapter checkpoint: 'feature_dict' must be a list of 4 prompt-encoder state_dicts")
+    return list(features)
+
+
+def checkpoint_differences(checkpoint: Mapping[str, Any], architecture: Mapping[str, Any]) -> list[str]:
+    """Every key or shape of the authors' checkpoint that does not fit ``architecture`` (empty when it fits)."""
+    features = _check_layout(checkpoint)
+    expected = official_shapes(architecture)
+    found = [
+        ("encoder_dict", expected["encoder_dict"], checkpoint["encoder_dict"]),
+        ("decoder_dict", expected["decoder_dict"], checkpoint["decoder_dict"]),
+    ] + [(f"feature_dict[{i}]", expected["feature_dict"], f) for i, f in enumerate(features)]
+    return [line for label, shapes, state in found for line in _differences(label, shapes, state)]
+
+
+def match_preset(checkpoint: Mapping[str, Any]) -> str:
+    """Name of the preset whose keys and shapes the checkpoint has exactly; CheckpointError otherwise."""
+    report = {name: checkpoint_differences(checkpoint, arch) for name, arch in PRESETS.items()}
+    for name, differences in report.items():
+        if not differences:
+            return name
+    closest = min(report, key=lambda name: len(report[name]))
+    lines = report[closest]
+    more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
+    raise CheckpointError(
+        f"3DSAM-adapter checkpoint fits no known architecture; against {closest!r}: " + "; ".join(lines[:6]) + more
+    )
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+def sam3d_card(
+    architecture: Mapping[str, Any], dataset: str = "kits", model_id: str | None = None, **provenance: Any
+) -> ModelCard:
+    """The card of a 3DSAM-adapter model: 1 mm crops, the dataset's HU clip and global z-score, 3 channels.
+
+    Crop axes (A0, A1, A2) are the array axes (K, J, I), A0 = the slice axis, as the authors' loader gives them.
+    """
+    if dataset not in DATASETS:
+        raise CheckpointError(f"unknown 3DSAM-adapter dataset {dataset!r}; known: {sorted(DATASETS)}")
+    stats = DATASETS[dataset]
+    crop = int(architecture["crop_size"])
+    return ModelCard(
+        id=model_id or f"sam3d-{dataset}",
+        family="sam3d",
+        architecture=dict(architecture),
+        kind="promptable",
+        classes={1: stats["name"]},
+        in_channels=int(architecture.get("in_chans", 3)),
+        spacing=(1.0, 1.0, 1.0),
+        axis_order="kji",
+        normalization={
+            "scheme": "ct_clip_zscore",
+            "lower": stats["lower"],
+            "upper": stats["upper"],
+            "mean": stats["mean"],
+            "std": stats["std"],
+        },
+        patch_size=(crop, crop, crop),
+        output="softmax",
+        license="unspecified (the authors' repository states no license)",
+        provenance={"source": "3DSAM-adapter (med-air), arXiv 2306.13465", "data": stats["data"], **provenance},
+        description=f"3DSAM-adapter promptable {stats['name']} model: one click, a {crop} mm cube around it.",
+    )
+
+
+def from_official_checkpoint(
+    checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """Build ``Sam3D`` from an authors' checkpoint dict (as ``torch.load(..., weights_only=True)`` returns it).
+
+    Args:
+        checkpoint: ``{"encoder_dict", "decoder_dict", "feature_dict": [4], ...}`` with the authors' key names.
+        dataset: which published model it is (``kits``, ``lits``, ``pancreas``, ``colon``): sets the card's
+            intensity normalisation and class name.
+        model_id: card id; defaults to ``sam3d-<dataset>``.
+    Returns:
+        (network in eval mode on the CPU, card).
+    Raises:
+        CheckpointError naming missing, unexpected or mis-shaped keys.
+    """
+    preset = match_preset(checkpoint)
+    architecture = PRESETS[preset]
+    network = Sam3D(**architecture)
+    encoder = {k: v for k, v in checkpoint["encoder_dict"].items() if not k.endswith(".attn_mask")}
+    network.image_encoder.load_state_dict(encoder, strict=True)
+    network.mask_decoder.load_state_dict(checkpoint["decoder_dict"], strict=True)
+    network.prompt_encoder.load_state_dict(checkpoint["feature_dict"][PROMPTED_LEVEL], strict=True)
+    card = sam3d_card(
+        architecture,
+        dataset,
+        model_id,
+        preset=preset,
+        epoch=_scalar(checkpoint.get("epoch")),
+        best_val_loss=_scalar(checkpoint.get("best_val_loss")),
+    )
+    return network.eval(), card
