@@ -38,7 +38,13 @@ class _QtDummy:
 
 def _dummy_module(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
-    module.__getattr__ = lambda attribute: _QtDummy  # type: ignore[attr-defined]
+
+    def any_class(attribute: str) -> type:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)  # keep inspect/pickle from mistaking the stub for a real file
+        return _QtDummy
+
+    module.__getattr__ = any_class  # type: ignore[attr-defined]
     return module
 
 

@@ -1,0 +1,117 @@
+"""nnU-Net v2 export on real MRML: consistent labels across cases, no silent overwrite, nnU-Net's own check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from support import mini_slicer
+from support.mini_slicer import add_parent_transform, make_oblique, rotation
+
+pytestmark = pytest.mark.slicer
+
+
+def segmented_case(volume_node, names: dict[int, str]):  # noqa: ANN001, ANN201
+    """A segmentation of real CT structures: 1 air, 2 fat, 3 dense tissue, named by ``names``."""
+    import slicer
+    from TSFMSegmentationLib.segments import labels_to_segmentation
+
+    ct = slicer.util.arrayFromVolume(volume_node)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[ct < -500] = 1
+    labels[(ct > -150) & (ct < -50)] = 2
+    labels[ct > 200] = 3
+    node, created = labels_to_segmentation(labels, names, volume_node)
+    return node, created, labels
+
+
+def test_two_cases_form_a_valid_nnunet_dataset(mini, small_ct_path: Path, shared_data: Path,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from TSFMSegmentationLib import provenance
+    from TSFMSegmentationLib.export import CaseExistsError, dataset_folder, export_case
+    from TSFMSegmentationLib.volumes import image_payload
+
+    folder = dataset_folder(tmp_path, 501, "Reviewed")
+    first = mini_slicer.load_volume(small_ct_path, "first")
+    make_oblique(first)
+    add_parent_transform(first, rotation("z", 20.0))
+    seg1, created1, labels1 = segmented_case(first, {1: "air", 2: "fat", 3: "bone"})
+    provenance.set_review(seg1, created1[2], provenance.REJECTED)
+    exported = export_case(folder, "case_001", first, seg1)
+    assert exported.labels == {"background": 0, "air": 1, "bone": 2}
+
+    second = mini_slicer.load_volume(shared_data / "sts" / "STS_001" / "ct.nii.gz", "second")
+    seg2, created2, labels2 = segmented_case(second, {1: "Bone", 2: "tumour", 3: "Air"})
+    export_case(folder, "case_002", second, seg2)
+
+    description = json.loads((folder / "dataset.json").read_text())
+    assert description["labels"] == {"background": 0, "air": 1, "bone": 2, "neoplasm": 3}
+    assert description["numTraining"] == 2
+    assert description["channel_names"] == {"0": "CT"}
+
+    label1 = sitk.ReadImage(str(folder / "labelsTr" / "case_001.nii.gz"))
+    assert label1.GetPixelID() == sitk.sitkUInt8
+    array1 = sitk.GetArrayFromImage(label1)
+    np.testing.assert_array_equal(array1 == 1, labels1 == 1)
+    np.testing.assert_array_equal(array1 == 2, labels1 == 3)
+    assert not (array1 == 3).any()  # the rejected fat segment is not exported
+    payload = image_payload(first)
+    for written in (label1, sitk.ReadImage(str(folder / "imagesTr" / "case_001_0000.nii.gz"))):
+        np.testing.assert_allclose(written.GetOrigin(), payload.origin, atol=1e-3)
+        np.testing.assert_allclose(written.GetDirection(), payload.direction, atol=1e-5)
+    array2 = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "case_002.nii.gz")))
+    np.testing.assert_array_equal(array2 == 1, labels2 == 3)  # "Air" keeps index 1
+    np.testing.assert_array_equal(array2 == 2, labels2 == 1)  # "Bone" keeps index 2
+    np.testing.assert_array_equal(array2 == 3, labels2 == 2)  # "tumour" is new: 3
+
+    record = json.loads((folder / "provenance" / "case_002.json").read_text())
+    assert {s["name"] for s in record["segments"]} == {"Bone", "Neoplasm", "Air"}
+    assert all(s["edited"] for s in record["segments"])  # no model wrote them: manual segments
+
+    verify_dataset_integrity(str(folder), num_processes=1)
+
+    with pytest.raises(CaseExistsError, match="case_002.*overwrite=True"):
+        export_case(folder, "case_002", second, seg2)
+    export_case(folder, "case_002", second, seg2, overwrite=True)
+    assert sorted(p.name for p in folder.rglob("*") if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_bad_case_id_and_foreign_dataset_are_refused(ct_node, tmp_path: Path) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.export import DatasetError, export_case
+
+    segmentation, _, _ = segmented_case(ct_node, {1: "air"})
+    with pytest.raises(ValueError, match="case id '../x'"):
+        export_case(tmp_path, "../x", ct_node, segmentation)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0},
+                                                       "file_ending": ".nii.gz", "numTraining": 0}))
+    with pytest.raises(DatasetError, match="channels"):
+        export_case(tmp_path, "case", ct_node, segmentation)
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        export_case(tmp_path, "case", ct_node, segmentation)
+
+
+def test_provenance_tracks_model_prompts_review_and_edits(ct_node) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import provenance
+    from TSFMSegmentationLib.segments import add_empty_segment, apply_crop, labels_to_segmentation
+
+    node, _ = labels_to_segmentation(np.zeros((30, 101, 122), np.uint8), {}, ct_node)
+    tumour = add_empty_segment(node, "tumour")
+    apply_crop(node, tumour, ct_node, (5, 20, 20), np.ones((4, 4, 4), np.uint8))
+    click = {"kind": "point", "point": [6, 21, 21], "positive": True, "object_id": 1}
+    provenance.record_model_output(node, tumour, ct_node, "click-default", "interactive", [click])
+    provenance.record_model_output(node, tumour, ct_node, "click-default", "interactive", [click])
+    described = provenance.describe(node, tumour, ct_node)
+    assert described["model"] == "click-default" and len(described["prompts"]) == 2
+    assert described["status"] == "pending" and described["edited"] is False
+
+    apply_crop(node, tumour, ct_node, (5, 20, 20), np.zeros((1, 1, 1), np.uint8))  # a manual touch-up
+    assert provenance.describe(node, tumour, ct_node)["edited"] is True
+    provenance.set_review(node, tumour, "accepted", reviewer="rad1")
+    assert provenance.describe(node, tumour, ct_node)["status"] == "accepted"
+    with pytest.raises(ValueError, match="review status"):
+        provenance.set_review(node, tumour, "maybe")
