@@ -18,6 +18,7 @@ from torch import nn
 
 from tsfm_backend.formats import ours
 from tsfm_backend.formats.errors import CheckpointError, UnknownModelError, UnsafePickleError
+from tsfm_backend.formats.safe_unpickler import torch_load
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
 from tsfm_backend.store import resolve_model
@@ -27,16 +28,22 @@ __all__ = [
     "LoadedModel",
     "UnknownModelError",
     "UnsafePickleError",
-    "detect_format",
     "load_model",
     "read_checkpoint",
     "save_model",
 ]
 
-# Format name -> reader module, tried in this order; each has detect(path) and read(path, model_id).
-FORMAT_READERS: dict[str, str] = {
+# Formats recognised by their path: format name -> module with detect(path) and read(path, model_id).
+PATH_FORMATS: dict[str, str] = {
     "tsfm": "tsfm_backend.formats.ours",
+    "nnunet_v1": "tsfm_backend.formats.nnunet_v1",
 }
+# Torch files recognised by their top-level keys once read with weights_only=True: format name -> module
+# with matches(checkpoint) and from_checkpoint(checkpoint, path, model_id).
+CONTENT_FORMATS: dict[str, str] = {
+    "nnunet_v2": "tsfm_backend.formats.nnunet_v2",
+}
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".model", ".bin")
 
 
 @dataclass
@@ -47,26 +54,35 @@ class LoadedModel:
     card: ModelCard
 
 
-def detect_format(path: Path) -> str:
-    """The format name of a checkpoint file or folder; raises CheckpointError listing what is supported."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    for name, module_name in FORMAT_READERS.items():
-        if importlib.import_module(module_name).detect(path):
-            return name
-    raise CheckpointError(
-        f"{path}: not a checkpoint format this backend knows; supported: {', '.join(FORMAT_READERS)}"
-    )
-
-
 def read_checkpoint(
     path: str | os.PathLike, model_id: str | None = None
 ) -> tuple[dict[str, torch.Tensor], ModelCard, str]:
-    """(state_dict on the CPU, card, format name) of any supported checkpoint; builds nothing."""
+    """(state_dict on the CPU, card, format name) of any supported checkpoint; builds nothing.
+
+    ``model_id`` names the card (default: derived from the file). Raises CheckpointError naming the file
+    and what is wrong with it, UnsafePickleError when it asks to run code.
+    """
     path = Path(path)
-    fmt = detect_format(path)
-    state_dict, card = importlib.import_module(FORMAT_READERS[fmt]).read(path, model_id)
-    return state_dict, card, fmt
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    for name, module_name in PATH_FORMATS.items():
+        module = importlib.import_module(module_name)
+        if module.detect(path):
+            state_dict, card = module.read(path, model_id)
+            return state_dict, card, name
+    if path.is_file() and (path.suffix in TORCH_SUFFIXES or path.name.endswith(".pth.tar")):
+        checkpoint = torch_load(path)
+        for name, module_name in CONTENT_FORMATS.items():
+            module = importlib.import_module(module_name)
+            if module.matches(checkpoint):
+                state_dict, card = module.from_checkpoint(checkpoint, path, model_id)
+                return state_dict, card, name
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        if path.suffix == ".model":
+            raise CheckpointError(f"{path}: nnU-Net v1 checkpoint without its {path.name}.pkl beside it")
+        raise CheckpointError(f"{path}: a torch file of no known checkpoint layout (top level: {keys})")
+    formats = ", ".join([*PATH_FORMATS, *CONTENT_FORMATS])
+    raise CheckpointError(f"{path}: not a checkpoint format this backend knows; supported: {formats}")
 
 
 def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor]) -> nn.Module:

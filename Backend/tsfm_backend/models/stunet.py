@@ -201,3 +201,41 @@ def minimum_input_size(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> tuple[i
     for kernel in pool_op_kernel_sizes:
         size = [s * k for s, k in zip(size, kernel, strict=True)]
     return tuple(size)  # type: ignore[return-value]
+
+
+def architecture_from_state_dict(state_dict: dict) -> dict:
+    """STU-Net constructor kwargs read off the weight shapes: input channels, classes, depth, dims.
+
+    The preset name is added when depth and dims are exactly a preset's. Pool and conv kernels do not
+    change any weight shape, so they must come from the plans. Raises ValueError for non-STU-Net keys.
+    """
+    stages = 0
+    while f"conv_blocks_context.{stages}.0.conv1.weight" in state_dict:
+        stages += 1
+    if stages != NUM_STAGES or "seg_outputs.0.weight" not in state_dict:
+        raise ValueError("the weights are not an STU-Net's (no conv_blocks_context.0..5 / seg_outputs keys)")
+    dims = [int(state_dict[f"conv_blocks_context.{d}.0.conv1.weight"].shape[0]) for d in range(stages)]
+    depth = []
+    for d in range(stages):
+        blocks = 0
+        while f"conv_blocks_context.{d}.{blocks}.conv1.weight" in state_dict:
+            blocks += 1
+        depth.append(blocks)
+    architecture: dict = {
+        "input_channels": int(state_dict["conv_blocks_context.0.0.conv1.weight"].shape[1]),
+        "num_classes": int(state_dict["seg_outputs.0.weight"].shape[0]),
+    }
+    preset = next((name for name, p in PRESETS.items() if p["depth"] == depth and p["dims"] == dims), None)
+    if preset is not None:
+        architecture["preset"] = preset
+    else:
+        architecture.update(depth=depth, dims=dims)
+    return architecture
+
+
+def trainer_preset(trainer_name: str) -> str | None:
+    """The preset of an official trainer name such as ``STUNetTrainer_base_ft`` (``B``), else None."""
+    for prefix, preset in TRAINER_PRESETS.items():
+        if trainer_name == prefix or trainer_name.startswith(prefix + "_"):
+            return preset
+    return None
