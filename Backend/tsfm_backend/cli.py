@@ -14,6 +14,7 @@ import sys
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "tsfm_backend.commands.info"),
     ("predict", "tsfm_backend.commands.predict"),
+    ("serve", "tsfm_backend.commands.serve"),
 )
 
 

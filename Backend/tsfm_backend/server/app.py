@@ -1,0 +1,204 @@
+"""The ``/v1`` HTTP API: routes only. Each one parses, calls ``Services`` and maps errors to a status.
+
+Concurrency: routes with a body read it on the event loop and hand the work to the thread pool;
+the others are plain ``def`` routes, which FastAPI runs in that pool. Model work then queues on the
+single worker thread (interactive first), so health checks and heartbeats answer while a job runs.
+Every error answers ``{"error": message}`` with a 4xx status (503 + Retry-After at capacity);
+tracebacks stay in the server log. The protocol is documented in ``Backend/README.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tsfm_backend.server import schemas
+from tsfm_backend.server.engine import MaskCrop
+from tsfm_backend.server.errors import Busy, Invalid, ServiceError
+from tsfm_backend.server.limits import BodySizeLimit
+from tsfm_backend.server.services import Services, describe_validation
+from tsfm_backend.server.settings import API_VERSION, Settings
+from tsfm_backend.server.wire import MEDIA_TYPE, WireError, encode_frame
+
+log = logging.getLogger(__name__)
+SWEEP_EVERY_S = 5.0
+
+HexId = Annotated[str, Path(pattern=schemas.HEX_ID, description="32 lower-case hex digits made by the server")]
+
+
+def make_app(settings: Settings, services: Services) -> FastAPI:
+    """The FastAPI application over ``services`` (already started; closed when the app shuts down)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
+        sweeper = asyncio.create_task(_sweep_sessions(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await run_in_threadpool(services.close)
+
+    app = FastAPI(title="tsfm-backend", version=API_VERSION, lifespan=lifespan,
+                  description="Automatic and interactive 3D segmentation; see Backend/README.md")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    _add_error_handlers(app)
+    auth = [Depends(_bearer_check(settings.token))]
+
+    @app.get("/v1/health", response_model=schemas.Health)
+    def health() -> schemas.Health:
+        return schemas.Health(api_version=API_VERSION)
+
+    @app.get("/v1/info", response_model=schemas.Info, dependencies=auth)
+    def info() -> schemas.Info:
+        return services.info()
+
+    @app.get("/v1/models", response_model=list[schemas.ModelInfo], dependencies=auth)
+    def models() -> list[schemas.ModelInfo]:
+        return services.models.describe()
+
+    @app.post("/v1/images", response_model=schemas.ImageInfo, status_code=201, dependencies=auth)
+    async def upload_image(request: Request, response: Response) -> schemas.ImageInfo:
+        image = await run_in_threadpool(services.upload_image, await request.body())
+        if image.exists:
+            response.status_code = 200
+        return image
+
+    @app.api_route("/v1/images/{image_id}", methods=["GET", "HEAD"], response_model=schemas.ImageInfo,
+                   dependencies=auth)
+    def image(image_id: HexId) -> schemas.ImageInfo:
+        return services.image_info(image_id)
+
+    @app.post("/v1/jobs", response_model=schemas.JobStatus, status_code=202, dependencies=auth)
+    def submit_job(request: schemas.JobCreate) -> schemas.JobStatus:
+        return services.job_status(services.submit_job(request))
+
+    @app.get("/v1/jobs/{job_id}", response_model=schemas.JobStatus, dependencies=auth)
+    def job(job_id: HexId) -> schemas.JobStatus:
+        return services.job_status(services.jobs.get(job_id))
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=auth, response_class=Response)
+    def job_result(job_id: HexId) -> Response:
+        labels, names = services.jobs.result(job_id)
+        header = {"job_id": job_id, "names": {str(k): v for k, v in sorted(names.items())}}
+        return Response(encode_frame(header, labels), media_type=MEDIA_TYPE)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=schemas.JobStatus, status_code=202, dependencies=auth)
+    def cancel_job(job_id: HexId) -> schemas.JobStatus:
+        return services.job_status(services.jobs.cancel(job_id))
+
+    @app.post("/v1/sessions", response_model=schemas.SessionInfo, status_code=201, dependencies=auth)
+    def create_session(request: schemas.SessionCreate) -> schemas.SessionInfo:
+        return services.create_session(request)
+
+    @app.post("/v1/sessions/{session_id}/interactions", dependencies=auth, response_class=Response,
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": schemas.Interaction.model_json_schema()},
+                  MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+    async def interact(session_id: HexId, request: Request) -> Response:
+        body = await request.body()
+        if request.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE:
+            crop = await run_in_threadpool(services.seed_and_interact, session_id, body)
+        else:
+            interaction = _parse_json(schemas.Interaction, body)
+            crop = await run_in_threadpool(services.interact, session_id, interaction)
+        return _crop_response(crop, await run_in_threadpool(services.image_shape_of, session_id))
+
+    @app.post("/v1/sessions/{session_id}/undo", dependencies=auth, response_class=Response)
+    def undo(session_id: HexId, request: schemas.ObjectRef) -> Response:
+        return _crop_response(services.undo(session_id, request.object_id), services.image_shape_of(session_id))
+
+    @app.post("/v1/sessions/{session_id}/redo", dependencies=auth, response_class=Response)
+    def redo(session_id: HexId, request: schemas.ObjectRef) -> Response:
+        return _crop_response(services.redo(session_id, request.object_id), services.image_shape_of(session_id))
+
+    @app.post("/v1/sessions/{session_id}/reset", status_code=204, dependencies=auth, response_class=Response)
+    def reset(session_id: HexId, request: schemas.ResetRequest) -> Response:
+        services.reset(session_id, request.object_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{session_id}/heartbeat", response_model=schemas.LeaseInfo, dependencies=auth)
+    def heartbeat(session_id: HexId) -> schemas.LeaseInfo:
+        return services.heartbeat(session_id)
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=auth, response_class=Response)
+    def close_session(session_id: HexId) -> Response:
+        services.sessions.close(session_id)
+        return Response(status_code=204)
+
+    return app
+
+
+def _bearer_check(token: str | None):  # noqa: ANN202 - a FastAPI dependency
+    expected = token.encode("utf-8") if token is not None else None
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            return
+        scheme, _, supplied = (authorization or "").partition(" ")
+        # compare_digest takes the same time wherever the first differing byte is.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode("utf-8"), expected):
+            raise StarletteHTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                                         headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def _parse_json(schema: type, body: bytes) -> Any:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Invalid(f"body is not valid JSON: {error}") from error
+    try:
+        return schema.model_validate(data)
+    except ValidationError as error:
+        raise Invalid(describe_validation(error.errors())) from error
+
+
+def _crop_response(crop: MaskCrop, image_shape: tuple[int, int, int]) -> Response:
+    header = schemas.MaskCropHeader(object_id=crop.object_id, origin=crop.origin, image_shape=image_shape)
+    return Response(encode_frame(header.model_dump(), crop.mask), media_type=MEDIA_TYPE)
+
+
+async def _sweep_sessions(services: Services) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        services.sessions.sweep()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Busy) else None
+        return _error(error.status, error.message, headers)
+
+    @app.exception_handler(WireError)
+    async def wire_error(_: Request, error: WireError) -> JSONResponse:
+        return _error(400, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, describe_validation(list(error.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+        return _error(500, f"internal server error ({type(error).__name__}); see the server log")

@@ -1,0 +1,189 @@
+"""Pydantic models of every JSON body and frame header of the ``/v1`` API.
+
+Requests forbid unknown fields and non-finite numbers, ids are hex strings made by the server, and
+voxel coordinates are (k, j, i) indices of the uploaded image, (K, J, I) = (z, y, x).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HEX_ID = r"^[0-9a-f]{32}$"
+MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveMm = Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)]
+Index = Annotated[int, Field(ge=0, le=1 << 20)]
+Voxel = tuple[Index, Index, Index]
+ObjectId = Annotated[int, Field(ge=1, le=255)]
+ImageId = Annotated[str, Field(pattern=HEX_ID)]
+ModelId = Annotated[str, Field(pattern=MODEL_ID)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArrayMeta(Strict):
+    """The ``array`` object of a frame header (checked again, byte by byte, by ``wire.decode_array``)."""
+
+    dtype: str
+    shape: tuple[Index, Index, Index]
+    compression: Literal["zlib", "gzip", "none"] = "zlib"
+
+
+class ImageUpload(Strict):
+    """Header of ``POST /v1/images``: ITK geometry (spacing per I, J, K in mm; LPS origin; direction columns)."""
+
+    array: ArrayMeta
+    spacing: tuple[PositiveMm, PositiveMm, PositiveMm]
+    origin: tuple[FiniteFloat, FiniteFloat, FiniteFloat] = (0.0, 0.0, 0.0)
+    direction: tuple[FiniteFloat, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @field_validator("direction")
+    @classmethod
+    def _nine_numbers(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) != 9:
+            raise ValueError(f"direction must hold 9 numbers (3x3 row-major), got {len(value)}")
+        return value
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    exists: bool = Field(description="true when the server already held this image (upload skipped)")
+    dtype: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+
+class JobOptions(Strict):
+    """Options of an automatic job (the fields of ``inference.segmenter.SegmentOptions``)."""
+
+    step: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    tta: bool = False
+    batch_size: Annotated[int, Field(ge=1, le=64)] = 1
+    fast: bool = False
+    amp: bool = True
+    largest_component: bool = False
+    fill_holes: bool = False
+    crop_to_body: bool = False
+    skip_outside_body: bool = True
+
+
+class JobCreate(Strict):
+    image_id: ImageId
+    model: ModelId
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+    model: str
+    image_id: str
+    queue_position: int | None = Field(None, description="jobs ahead of this one while queued")
+    seconds: float | None = Field(None, description="run time once finished")
+
+
+class SessionCreate(Strict):
+    image_id: ImageId
+    model: ModelId
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    model: str
+    image_id: str
+    liveness_s: float = Field(description="expires after this long without any request (heartbeat included)")
+    idle_s: float = Field(description="expires after this long without an interaction")
+
+
+class Interaction(Strict):
+    """One prompt: a positive or negative point, or a box given by two inclusive corners."""
+
+    kind: Literal["point", "box"]
+    positive: bool = True
+    point: Voxel | None = None
+    box: tuple[Voxel, Voxel] | None = None
+    object_id: ObjectId = 1
+
+    @model_validator(mode="after")
+    def _geometry_matches_kind(self) -> Interaction:
+        if self.kind == "point" and (self.point is None or self.box is not None):
+            raise ValueError("a 'point' interaction needs 'point' [k, j, i] and no 'box'")
+        if self.kind == "box" and (self.box is None or self.point is not None):
+            raise ValueError("a 'box' interaction needs 'box' [[k0, j0, i0], [k1, j1, i1]] and no 'point'")
+        return self
+
+
+class SeededInteraction(Strict):
+    """Header of a framed ``POST .../interactions``: the starting mask (K, J, I) is the payload."""
+
+    array: ArrayMeta
+    object_id: ObjectId = 1
+    interaction: Interaction | None = None
+
+    @model_validator(mode="after")
+    def _same_object(self) -> SeededInteraction:
+        if self.interaction is not None and self.interaction.object_id != self.object_id:
+            raise ValueError("interaction.object_id must equal the starting mask's object_id")
+        return self
+
+
+class ObjectRef(Strict):
+    object_id: ObjectId = 1
+
+
+class ResetRequest(Strict):
+    object_id: ObjectId | None = Field(None, description="null resets every object of the session")
+
+
+class MaskCropHeader(BaseModel):
+    """Header of a mask-crop frame: the crop's payload sits at ``origin`` (k, j, i) of the image grid."""
+
+    object_id: int
+    origin: tuple[int, int, int]
+    image_shape: tuple[int, int, int]
+
+
+class LeaseInfo(BaseModel):
+    session_id: str
+    expires_in_s: float
+
+
+class ModelInfo(BaseModel):
+    id: str
+    kind: Literal["automatic", "promptable"]
+    family: str
+    classes: dict[str, str]
+    license: str
+    description: str
+    patch_size: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    api_version: str
+
+
+class Info(BaseModel):
+    api_version: str
+    versions: dict[str, str]
+    device: dict[str, object]
+    models: list[str]
+    limits: dict[str, int | float]
+    queued_jobs: int
+    sessions: int
+    auth: bool
+
+
+class ErrorBody(BaseModel):
+    error: str

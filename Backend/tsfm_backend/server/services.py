@@ -1,0 +1,262 @@
+"""Everything behind the routes: models loaded once, images, jobs, sessions and the model worker.
+
+``Services`` is built once by ``tsfm-backend serve`` (or a test) and handed to ``app.make_app``. Its
+methods take validated schema objects and return plain data; they raise ``errors.ServiceError``
+subclasses that the app maps to status codes. Model work always runs on the one ``Worker`` thread.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from tsfm_backend.checkpoints import LoadedModel, load_model
+from tsfm_backend.server import schemas
+from tsfm_backend.server.engine import Engine, MaskCrop, as_crop
+from tsfm_backend.server.errors import BadInput, Invalid, NotFound
+from tsfm_backend.server.images import ImageStore
+from tsfm_backend.server.jobs import Job, JobManager
+from tsfm_backend.server.sessions import Session, SessionRegistry
+from tsfm_backend.server.settings import API_VERSION, Settings
+from tsfm_backend.server.wire import LABEL_DTYPES, decode_array, split_frame
+from tsfm_backend.volume import Volume, VolumeError
+
+log = logging.getLogger(__name__)
+VERSIONED_PACKAGES = ("tsfm-backend", "torch", "numpy", "fastapi", "uvicorn", "pydantic", "monai", "SimpleITK")
+
+
+class ModelRegistry:
+    """The models this server serves, loaded once at start and kept on the device."""
+
+    def __init__(self, models: Iterable[LoadedModel]) -> None:
+        self._models = {loaded.card.id: loaded for loaded in models}
+
+    @classmethod
+    def load(cls, model_ids: Iterable[str], device: Any, skip_broken: bool = False) -> ModelRegistry:
+        """Load each id or path with ``checkpoints.load_model``; ``skip_broken`` logs and skips failures."""
+        loaded = []
+        for model_id in model_ids:
+            try:
+                loaded.append(load_model(model_id, device=device))
+            except ValueError as error:
+                if not skip_broken:
+                    raise
+                log.error("model %s skipped: %s", model_id, error)
+        return cls(loaded)
+
+    def get(self, model_id: str) -> LoadedModel:
+        loaded = self._models.get(model_id)
+        if loaded is None:
+            raise NotFound(f"model {model_id!r} is not served here; available: {', '.join(self.ids) or 'none'}")
+        return loaded
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._models)
+
+    def describe(self) -> list[schemas.ModelInfo]:
+        cards = [self._models[model_id].card for model_id in self.ids]
+        return [
+            schemas.ModelInfo(
+                id=card.id, kind=card.kind, family=card.family, license=card.license,
+                classes={str(k): v for k, v in sorted(card.classes.items())}, description=card.description,
+                patch_size=card.patch_size, spacing=card.spacing,
+            )
+            for card in cards
+        ]
+
+
+@dataclass
+class Services:
+    """The server's state. Build with ``Services.start(settings, models, device)``; ``close()`` at exit."""
+
+    settings: Settings
+    device: Any
+    models: ModelRegistry
+    images: ImageStore
+    jobs: JobManager
+    sessions: SessionRegistry
+    engine: Engine
+
+    @classmethod
+    def start(cls, settings: Settings, models: ModelRegistry, device: Any, engine: Engine | None = None) -> Services:
+        from tsfm_backend.server.worker import Worker
+
+        engine = engine or Engine()
+        worker = Worker()
+        return cls(
+            settings=settings,
+            device=device,
+            models=models,
+            images=ImageStore(settings.image_store_bytes),
+            jobs=JobManager(worker, engine, device, settings.max_queued_jobs, settings.kept_jobs,
+                            settings.retry_after_s),
+            sessions=SessionRegistry(settings.max_sessions, settings.session_liveness_s,
+                                     settings.session_idle_s, settings.retry_after_s),
+            engine=engine,
+        )
+
+    @property
+    def worker(self):  # noqa: ANN201 - the Worker, shared by jobs and sessions
+        return self.jobs.worker
+
+    def close(self) -> None:
+        self.worker.stop()
+
+    # ---- discovery -------------------------------------------------------------------------------
+    def info(self) -> schemas.Info:
+        from tsfm_backend.device import describe_device
+
+        versions = {"python": platform.python_version(), "api": API_VERSION}
+        for package in VERSIONED_PACKAGES:
+            try:
+                versions[package] = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return schemas.Info(
+            api_version=API_VERSION, versions=versions, device=describe_device(self.device),
+            models=self.models.ids, limits=self.settings.public_limits(),
+            queued_jobs=self.jobs.count("queued"), sessions=len(self.sessions), auth=self.settings.token is not None,
+        )
+
+    # ---- images ----------------------------------------------------------------------------------
+    def upload_image(self, body: bytes) -> schemas.ImageInfo:
+        """Decode a frame (header ``schemas.ImageUpload``) into a Volume and store it by content id."""
+        header, payload = split_frame(body)
+        upload = _validated(schemas.ImageUpload, header, "image header")
+        array = decode_array(header["array"], payload, self.settings.max_array_bytes)
+        try:
+            volume = Volume(array, upload.spacing, upload.origin, upload.direction)
+        except VolumeError as error:
+            raise BadInput(f"image rejected: {error}") from error
+        image_id, existed = self.images.put(volume)
+        return _image_info(image_id, volume, existed)
+
+    def image_info(self, image_id: str) -> schemas.ImageInfo:
+        return _image_info(image_id, self.images.get(image_id), True)
+
+    # ---- jobs ------------------------------------------------------------------------------------
+    def submit_job(self, request: schemas.JobCreate) -> Job:
+        loaded = self.models.get(request.model)
+        if loaded.card.kind != "automatic":
+            raise BadInput(f"model {request.model!r} is {loaded.card.kind}: open a session for it instead")
+        volume = self.images.get(request.image_id)
+        return self.jobs.submit(loaded, volume, request.image_id, request.options.model_dump())
+
+    def job_status(self, job: Job) -> schemas.JobStatus:
+        return schemas.JobStatus(
+            job_id=job.id, state=job.state, progress=round(job.progress, 4), message=job.message, model=job.model,
+            image_id=job.image_id, queue_position=self.jobs.queue_position(job), seconds=job.seconds,
+        )
+
+    # ---- sessions --------------------------------------------------------------------------------
+    def create_session(self, request: schemas.SessionCreate) -> schemas.SessionInfo:
+        loaded = self.models.get(request.model)
+        if loaded.card.kind != "promptable":
+            raise BadInput(f"model {request.model!r} is {loaded.card.kind}: submit a job for it instead")
+        volume = self.images.get(request.image_id)
+        self.sessions.ensure_capacity()
+        engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device),
+                                  self.settings.interaction_timeout_s, self.settings.retry_after_s)
+        session = self.sessions.add(request.model, request.image_id, engine)
+        return schemas.SessionInfo(session_id=session.id, model=session.model, image_id=session.image_id,
+                                   liveness_s=self.settings.session_liveness_s, idle_s=self.settings.session_idle_s)
+
+    def interact(self, session_id: str, interaction: schemas.Interaction) -> MaskCrop:
+        prompt = self._engine_interaction(interaction)
+        return self._on_session(session_id, lambda engine: as_crop(engine.interact(prompt)))
+
+    def seed_and_interact(self, session_id: str, body: bytes) -> MaskCrop:
+        """Framed request: set the object's starting mask (payload, K, J, I), then apply the optional prompt."""
+        header, payload = split_frame(body)
+        request = _validated(schemas.SeededInteraction, header, "interaction header")
+        mask = decode_array(header["array"], payload, self.settings.max_array_bytes, LABEL_DTYPES)
+        image_shape = self.images.get(self._session(session_id, active=False).image_id).shape
+        if mask.shape != image_shape:
+            raise BadInput(f"starting mask has shape {list(mask.shape)} but the image is {list(image_shape)} (K, J, I)")
+        seed = (mask > 0).astype(np.uint8)
+        prompt = self._engine_interaction(request.interaction) if request.interaction else None
+
+        def apply(engine: Any) -> MaskCrop:
+            engine.set_mask(request.object_id, seed)
+            if prompt is not None:
+                return as_crop(engine.interact(prompt))
+            return _bbox_crop(request.object_id, engine.mask(request.object_id))
+
+        return self._on_session(session_id, apply)
+
+    def undo(self, session_id: str, object_id: int) -> MaskCrop:
+        return self._on_session(session_id, lambda engine: as_crop(engine.undo(object_id)))
+
+    def redo(self, session_id: str, object_id: int) -> MaskCrop:
+        return self._on_session(session_id, lambda engine: as_crop(engine.redo(object_id)))
+
+    def reset(self, session_id: str, object_id: int | None) -> None:
+        self._on_session(session_id, lambda engine: engine.reset(object_id))
+
+    def heartbeat(self, session_id: str) -> schemas.LeaseInfo:
+        session = self._session(session_id, active=False)
+        return schemas.LeaseInfo(session_id=session.id, expires_in_s=self.sessions.expires_in(session))
+
+    def image_shape_of(self, session_id: str) -> tuple[int, int, int]:
+        return self.images.get(self._session(session_id, active=False).image_id).shape
+
+    def _session(self, session_id: str, active: bool) -> Session:
+        return self.sessions.get(session_id, active=active)
+
+    def _on_session(self, session_id: str, action: Any) -> Any:
+        """Run ``action(engine)`` on the worker under the session's lock; engine ValueErrors become 400."""
+        session = self._session(session_id, active=True)
+        with session.lock:
+            try:
+                return self.worker.call(lambda: action(session.engine), self.settings.interaction_timeout_s,
+                                        self.settings.retry_after_s)
+            except ValueError as error:
+                raise BadInput(str(error)) from error
+            finally:
+                self.sessions.touch(session)
+
+    def _engine_interaction(self, interaction: schemas.Interaction) -> Any:
+        return self.engine.interaction(interaction.kind, interaction.positive, interaction.point,
+                                       interaction.box, interaction.object_id)
+
+
+def _validated(schema: type, header: dict[str, Any], what: str) -> Any:
+    try:
+        return schema.model_validate(header)
+    except ValidationError as error:
+        raise Invalid(f"{what}: {describe_validation(error.errors())}") from error
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """``field.path: message`` for the first three pydantic errors (what a person needs to fix)."""
+    parts = []
+    for error in errors[:3]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def _image_info(image_id: str, volume: Volume, existed: bool) -> schemas.ImageInfo:
+    return schemas.ImageInfo(image_id=image_id, exists=existed, dtype=volume.array.dtype.name, shape=volume.shape,
+                             spacing=volume.spacing, origin=volume.origin, direction=volume.direction)
+
+
+def _bbox_crop(object_id: int, mask: np.ndarray) -> MaskCrop:
+    """The bounding box of a whole mask's voxels as a crop (an empty crop at the origin when it is empty)."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    nonzero = np.nonzero(mask)
+    if not nonzero[0].size:
+        return MaskCrop(object_id, (0, 0, 0), np.zeros((0, 0, 0), np.uint8))
+    low = [int(axis.min()) for axis in nonzero]
+    high = [int(axis.max()) + 1 for axis in nonzero]
+    crop = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    return MaskCrop(object_id, (low[0], low[1], low[2]), np.ascontiguousarray(crop))
