@@ -16,7 +16,14 @@ from typing import Any
 from torch import nn
 
 from .model import CropEmbedding, Sam3D
-from .official import DATASETS, from_official_checkpoint, match_preset, sam3d_card
+from .official import (
+    DATASETS,
+    convert_official_checkpoint,
+    from_official_checkpoint,
+    is_official_checkpoint,
+    match_preset,
+    sam3d_card,
+)
 from .presets import PRESETS
 
 __all__ = [
@@ -28,7 +35,9 @@ __all__ = [
     "CropEmbedding",
     "Sam3D",
     "build",
+    "convert_official_checkpoint",
     "from_official_checkpoint",
+    "is_official_checkpoint",
     "is_trainable",
     "mark_trainable",
     "match_preset",

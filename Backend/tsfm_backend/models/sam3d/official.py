@@ -144,6 +144,36 @@ def sam3d_card(
     )
 
 
+def is_official_checkpoint(checkpoint: Any) -> bool:
+    """Whether a loaded torch file has the authors' top-level layout (its contents are checked on conversion)."""
+    return isinstance(checkpoint, Mapping) and all(part in checkpoint for part in PARTS)
+
+
+def convert_official_checkpoint(
+    checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
+) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    """(``Sam3D`` state_dict, card) from an authors' checkpoint dict, without building the network.
+
+    Every part is checked key by key against the matching preset first (see ``match_preset``); the
+    derived ``attn_mask`` entries and the three unused prompt encoders are then dropped.
+    """
+    preset = match_preset(checkpoint)
+    state_dict = {
+        **{f"image_encoder.{k}": v for k, v in checkpoint["encoder_dict"].items() if not k.endswith(".attn_mask")},
+        **{f"prompt_encoder.{k}": v for k, v in checkpoint["feature_dict"][PROMPTED_LEVEL].items()},
+        **{f"mask_decoder.{k}": v for k, v in checkpoint["decoder_dict"].items()},
+    }
+    card = sam3d_card(
+        PRESETS[preset],
+        dataset,
+        model_id,
+        preset=preset,
+        epoch=_scalar(checkpoint.get("epoch")),
+        best_val_loss=_scalar(checkpoint.get("best_val_loss")),
+    )
+    return state_dict, card
+
+
 def from_official_checkpoint(
     checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
 ) -> tuple[nn.Module, ModelCard]:
@@ -159,19 +189,7 @@ def from_official_checkpoint(
     Raises:
         CheckpointError naming missing, unexpected or mis-shaped keys.
     """
-    preset = match_preset(checkpoint)
-    architecture = PRESETS[preset]
-    network = Sam3D(**architecture)
-    encoder = {k: v for k, v in checkpoint["encoder_dict"].items() if not k.endswith(".attn_mask")}
-    network.image_encoder.load_state_dict(encoder, strict=True)
-    network.mask_decoder.load_state_dict(checkpoint["decoder_dict"], strict=True)
-    network.prompt_encoder.load_state_dict(checkpoint["feature_dict"][PROMPTED_LEVEL], strict=True)
-    card = sam3d_card(
-        architecture,
-        dataset,
-        model_id,
-        preset=preset,
-        epoch=_scalar(checkpoint.get("epoch")),
-        best_val_loss=_scalar(checkpoint.get("best_val_loss")),
-    )
+    state_dict, card = convert_official_checkpoint(checkpoint, dataset=dataset, model_id=model_id)
+    network = Sam3D(**card.architecture)
+    network.load_state_dict(state_dict, strict=True)
     return network.eval(), card
