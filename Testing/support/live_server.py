@@ -72,3 +72,16 @@ def start_serve_process(port: int, *args: str, home: Path, log_path: Path) -> su
     command = [sys.executable, "-m", "tsfm_backend.cli", "serve", "--port", str(port), "--device", "cpu", *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def backend_app(model_paths: list[Path], **settings_overrides):  # noqa: ANN201 - (app, services)
+    """``make_app`` over real Services serving the models at ``model_paths`` on the CPU."""
+    import torch
+    from tsfm_backend.server.app import make_app
+    from tsfm_backend.server.services import ModelRegistry, Services
+    from tsfm_backend.server.settings import Settings
+
+    settings = Settings(**settings_overrides)
+    device = torch.device("cpu")
+    services = Services.start(settings, ModelRegistry.load([str(p) for p in model_paths], device), device)
+    return make_app(settings, services), services
