@@ -21,13 +21,14 @@ from tsfm_backend.formats.errors import CheckpointError, UnknownModelError, Unsa
 from tsfm_backend.formats.safe_unpickler import torch_load
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
-from tsfm_backend.store import resolve_model
+from tsfm_backend.store import install_dir, resolve_model
 
 __all__ = [
     "CheckpointError",
     "LoadedModel",
     "UnknownModelError",
     "UnsafePickleError",
+    "import_model",
     "load_model",
     "read_checkpoint",
     "save_model",
@@ -151,3 +152,31 @@ def save_model(network: nn.Module, card: ModelCard, directory: str | os.PathLike
         reference = build_network(card)
     _check_state_dict(card, reference, state_dict)
     return ours.write(state_dict, card, Path(directory))
+
+
+def import_model(
+    source: str | os.PathLike,
+    model_id: str | None = None,
+    *,
+    license: str | None = None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+) -> tuple[ModelCard, Path, str]:
+    """Convert any supported checkpoint into our format under ``$TSFM_HOME/models/<id>``.
+
+    The weights are checked against the architecture before anything is written. ``license`` and
+    ``provenance`` (merged into the card's) record where the file came from. Returns (card, folder,
+    source format). An id that is already installed is refused unless ``overwrite``.
+    """
+    state_dict, card, fmt = read_checkpoint(source, model_id)
+    if license is not None:
+        card.license = license
+    card.provenance = {**card.provenance, **(provenance or {})}
+    with torch.device("meta"):
+        reference = build_network(card)
+    _check_state_dict(card, reference, state_dict)
+    folder = install_dir(card.id)
+    if ours.detect(folder) and not overwrite:
+        raise CheckpointError(f"model {card.id!r} is already installed in {folder}; choose another --id or --force")
+    ours.write(state_dict, card, folder)
+    return card, folder, fmt

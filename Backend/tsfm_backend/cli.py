@@ -15,6 +15,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "tsfm_backend.commands.info"),
     ("predict", "tsfm_backend.commands.predict"),
     ("serve", "tsfm_backend.commands.serve"),
+    ("models", "tsfm_backend.commands.models"),
+    ("import", "tsfm_backend.commands.import_model"),
+    ("fetch", "tsfm_backend.commands.fetch"),
 )
 
 

@@ -1,0 +1,43 @@
+"""``tsfm-backend fetch ID``: download an official model from the catalog and import it."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "download an official model listed by `tsfm-backend models` (resumable, hash-checked) and import it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_id", metavar="ID", help="catalog id, e.g. stunet-totalseg-base")
+    parser.add_argument("--accept-license", action="store_true",
+                        help="accept the license of weights that may not be redistributed")
+    parser.add_argument("--force", action="store_true", help="replace an installed model with the same id")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tsfm_backend.catalog import catalog_entry
+    from tsfm_backend.checkpoints import import_model
+    from tsfm_backend.cli import CommandError
+    from tsfm_backend.commands.import_model import describe
+    from tsfm_backend.download import download
+    from tsfm_backend.store import downloads_dir
+
+    entry = catalog_entry(args.model_id)
+    if not entry.redistributable and not args.accept_license:
+        raise CommandError(
+            f"{entry.id} is under {entry.license}, which does not allow redistribution; read it at "
+            f"{entry.homepage} and run again with --accept-license to download it for yourself"
+        )
+    if not entry.downloadable:
+        raise CommandError(f"{entry.id} has no direct download. {entry.notes}")
+    folder = downloads_dir() / entry.id
+    paths = [download(f.url, folder / f.name, size=f.size, sha256=f.sha256) for f in entry.files]
+    card, installed, fmt = import_model(
+        paths[0], entry.id, license=entry.license,
+        provenance={"catalog_id": entry.id, "homepage": entry.homepage, "url": entry.files[0].url},
+        overwrite=args.force,
+    )
+    print(f"fetched {entry.id!r} into {installed}")
+    for line in describe(card, fmt):
+        print("  " + line)
+    return 0
