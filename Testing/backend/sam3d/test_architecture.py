@@ -176,3 +176,16 @@ def test_bad_architectures_are_refused():
         Sam3D(**{**PRESETS["tiny"], "depth": 3})
     with pytest.raises(ValueError, match="divisible"):
         Sam3D(**{**PRESETS["tiny"], "num_heads": 3})
+
+
+@pytest.mark.parametrize("level", [3, 1])
+def test_split_decoder_equals_the_published_decoder(tiny_network, level):
+    decoder = tiny_network.mask_decoder
+    features = [torch.randn(1, 16, 8, 8, 8) for _ in range(4)]
+    image_small = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        full = decoder(features, image_small, 32)
+        partial = decoder.static_partial(features, level, image_small)
+        split = decoder.classify_prompted(partial, features[level], level, 32)
+    assert full.shape == (1, 2, 32, 32, 32)
+    assert torch.allclose(split, full, atol=1e-5)

@@ -5,8 +5,11 @@ Each of the four encoder features (B, C, T, T, T) passes its own head (two 3x3x3
 aligned). The four maps and the crop itself downsampled to M^3 (one channel: the fine detail the 4-voxel
 tokens lack) are concatenated, classified by two 3x3x3 convolutions, and upsampled to the crop, S^3.
 
-Only the last feature depends on the clicks; ``head_maps`` / ``classify`` split the work so a caller can
-keep the first three head outputs of a crop and recompute just the fourth for each click.
+Only one feature depends on the clicks. The first classifier convolution has no bias and is linear in
+its input channels, so it splits exactly into a part over the click-independent channels (the other
+three levels and the crop), computed once per crop by ``static_partial``, and a part over the prompted
+level's channels, added per click by ``classify_prompted``: a click then costs one of the five input
+heads and a quarter of the first classifier convolution.
 Convolutions have no bias and instance norms no affine, so the keys are ``mlahead.head{2..5}.{0,3}.weight``
 and ``cls.{0,3}.weight``.
 """
@@ -67,6 +70,47 @@ class MaskDecoder3D(nn.Module):
         grid = image_small.shape[-1]
         upsampled = [F.interpolate(h, size=(grid,) * 3, mode="trilinear", align_corners=True) for h in heads]
         logits = self.cls(torch.cat([*upsampled, image_small.to(upsampled[0].dtype)], dim=1))
+        return F.interpolate(logits, size=(crop_size,) * 3, mode="trilinear", align_corners=True)
+
+    def _level_channels(self, level: int) -> slice:
+        width = self.mlahead.head(0)[0].out_channels
+        return slice(level * width, (level + 1) * width)
+
+    def static_partial(
+        self, features: list[torch.Tensor], prompted_level: int, image_small: torch.Tensor
+    ) -> torch.Tensor:
+        """First classifier convolution over every input channel except the prompted level's.
+
+        Args:
+            features: the four encoder features (the prompted one is not read).
+            image_small: (B, 1, M, M, M) crop channel 0 at the decoder grid.
+        Returns:
+            (B, channels, M, M, M) pre-normalisation partial sum.
+        """
+        grid = image_small.shape[-1]
+        levels = [level for level in range(4) if level != prompted_level]
+        heads = [
+            F.interpolate(h, size=(grid,) * 3, mode="trilinear", align_corners=True)
+            for h in self.head_maps(features, levels)
+        ]
+        weight = self.cls[0].weight
+        keep = torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
+        keep[self._level_channels(prompted_level)] = False
+        inputs = torch.cat([*heads, image_small.to(heads[0].dtype)], dim=1)
+        return F.conv3d(inputs, weight[:, keep], padding=1)
+
+    def classify_prompted(
+        self, partial: torch.Tensor, prompted: torch.Tensor, prompted_level: int, crop_size: int
+    ) -> torch.Tensor:
+        """Logits (B, num_classes, S, S, S), axes (A1, A2, A0), from ``static_partial`` and the prompted feature.
+
+        Equals ``forward`` with ``prompted`` at ``prompted_level`` (up to float rounding).
+        """
+        grid = partial.shape[-1]
+        head = self.mlahead.head(prompted_level)(prompted)
+        head = F.interpolate(head, size=(grid,) * 3, mode="trilinear", align_corners=True)
+        weight = self.cls[0].weight[:, self._level_channels(prompted_level)]
+        logits = self.cls[1:](partial + F.conv3d(head, weight, padding=1))
         return F.interpolate(logits, size=(crop_size,) * 3, mode="trilinear", align_corners=True)
 
     def forward(self, features: list[torch.Tensor], image_small: torch.Tensor, crop_size: int) -> torch.Tensor:

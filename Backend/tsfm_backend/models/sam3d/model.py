@@ -31,13 +31,12 @@ class CropEmbedding:
 
     Attributes:
         prompted_feature: (B, C, T, T, T) the encoder feature the clicks rewrite, axes (A1, A2, A0).
-        static_heads: decoder head outputs (B, channels, T, T, T) of the three unprompted levels.
-        image_small: (B, 1, S/2, S/2, S/2) crop channel 0 at the decoder grid, axes (A1, A2, A0).
+        static_partial: (B, channels, S/2, S/2, S/2) the decoder's first classifier convolution over the
+            unprompted levels and the downsampled crop (``MaskDecoder3D.static_partial``), axes (A1, A2, A0).
     """
 
     prompted_feature: torch.Tensor
-    static_heads: list[torch.Tensor]
-    image_small: torch.Tensor
+    static_partial: torch.Tensor
 
 
 class Sam3D(nn.Module):
@@ -100,17 +99,17 @@ class Sam3D(nn.Module):
         ``slice_chunk`` / ``window_chunk`` bound memory (see ``ImageEncoder3D``); results do not depend on them.
         """
         features = self.image_encoder(crop, slice_chunk=slice_chunk, window_chunk=window_chunk)
-        static = [level for level in range(4) if level != PROMPTED_LEVEL]
         image = crop[:, :1].permute(0, 1, 3, 4, 2)
         image_small = F.interpolate(image, size=(self.crop_size // 2,) * 3, mode="trilinear")
-        return CropEmbedding(features[PROMPTED_LEVEL], self.mask_decoder.head_maps(features, static), image_small)
+        partial = self.mask_decoder.static_partial(features, PROMPTED_LEVEL, image_small)
+        return CropEmbedding(features[PROMPTED_LEVEL], partial)
 
     def decode(self, embedding: CropEmbedding, points: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, S, S, S), axes (A0, A1, A2), for (B, N, 3) clicks (a0, a1, a2) in crop voxels."""
         prompted = self.prompt_encoder(embedding.prompted_feature, points, self.crop_size)
-        heads = list(embedding.static_heads)
-        heads.insert(PROMPTED_LEVEL, self.mask_decoder.mlahead.head(PROMPTED_LEVEL)(prompted))
-        logits = self.mask_decoder.classify(heads, embedding.image_small, self.crop_size)
+        logits = self.mask_decoder.classify_prompted(
+            embedding.static_partial, prompted, PROMPTED_LEVEL, self.crop_size
+        )
         return logits.permute(0, 1, 4, 2, 3)
 
     def forward(self, crop: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
