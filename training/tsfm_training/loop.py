@@ -64,7 +64,7 @@ class LoopConfig:
     amp: bool = False
     checkpoint_every: int = 0
     log_every: int = 10
-    output_dir: str | Path = "runs/train"
+    output_dir: str | Path = "out/training/train"
     seed: int = 0
     momentum: float = 0.99
     nesterov: bool = True

@@ -1,0 +1,123 @@
+"""Starting from pretrained weights: load what fits, adapt the stem and head, choose what trains.
+
+Weights come from any checkpoint the backend reads (our folders, nnU-Net v1/v2 STU-Net files, ...), by
+name. Every key of the target network is taken from the checkpoint when the shapes agree. Where they do
+not:
+- **stem** keys (the family's ``STEM_KEYS``) with more input channels are tiled along dim 1 as STU-Net's
+  fine-tuning scripts do (``repeat(1, n, 1, 1, 1)``);
+- **head** keys (``HEAD_KEYS``, or any output layer with a different class count) are left freshly
+  initialised: a new head for a new label set;
+- anything else is an error naming the keys, as nnU-Net v2's loader asserts.
+
+Modes (what ``requires_grad`` stays on): ``full``; ``frozen_encoder`` (the family's ``ENCODER_KEYS``
+frozen); ``decoder_only`` (encoder and any ``BOTTLENECK_KEYS`` frozen); ``adapters`` (the family's
+``TRAINABLE_PATTERNS`` when it has them, as 3DSAM-adapter; otherwise normalisation parameters and the
+head, the equivalent parameter-efficient choice for networks without adapter blocks).
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+MODES = ("full", "frozen_encoder", "decoder_only", "adapters")
+
+
+class FinetuneError(ValueError):
+    """Pretrained weights that do not fit the network being fine-tuned."""
+
+
+def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name.startswith(prefix) for prefix in prefixes)
+
+
+def transfer_weights(network: nn.Module, state_dict: dict[str, torch.Tensor], family,
+                     strict: bool = True) -> dict[str, list[str]]:
+    """Copy ``state_dict`` into ``network`` as described in the module docstring.
+
+    Returns ``{"loaded": [...], "tiled": [...], "new_head": [...], "missing": [...]}`` (key names).
+    """
+    stem = tuple(getattr(family, "STEM_KEYS", ()))
+    head = tuple(getattr(family, "HEAD_KEYS", ()))
+    target = network.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "tiled": [], "new_head": [], "missing": []}
+    updated: dict[str, torch.Tensor] = {}
+    wrong: list[str] = []
+    for name, tensor in target.items():
+        source = state_dict.get(name)
+        if source is None:
+            (report["new_head"] if _matches(name, head) else report["missing"]).append(name)
+            continue
+        if tuple(source.shape) == tuple(tensor.shape):
+            updated[name] = source.to(tensor.dtype)
+            report["loaded"].append(name)
+        elif _matches(name, stem) and source.ndim == tensor.ndim >= 2 and source.shape[0] == tensor.shape[0] \
+                and tensor.shape[1] % source.shape[1] == 0 and source.shape[2:] == tensor.shape[2:]:
+            updated[name] = source.repeat(1, tensor.shape[1] // source.shape[1], *([1] * (source.ndim - 2)))
+            report["tiled"].append(name)
+        elif _matches(name, head) or (source.ndim == tensor.ndim and source.shape[1:] == tensor.shape[1:]
+                                      and name.endswith(("weight", "bias")) and not head):
+            report["new_head"].append(name)
+        else:
+            wrong.append(f"{name} {tuple(source.shape)} -> {tuple(tensor.shape)}")
+    missing = [m for m in report["missing"] if not m.endswith("num_batches_tracked")]
+    if wrong or (strict and missing):
+        parts = [f"shape mismatch: {', '.join(wrong[:5])}" if wrong else "",
+                 f"not in the checkpoint: {', '.join(missing[:5])}" if strict and missing else ""]
+        raise FinetuneError("pretrained weights do not fit: " + "; ".join(p for p in parts if p))
+    network.load_state_dict(updated, strict=False)
+    return report
+
+
+def load_pretrained(network: nn.Module, source: str, family, strict: bool = True) -> dict[str, Any]:
+    """Read ``source`` (a model id, our model folder or an official checkpoint) and transfer its weights."""
+    from tsfm_backend.checkpoints import read_checkpoint
+    from tsfm_backend.store import resolve_model
+
+    state_dict, card, fmt = read_checkpoint(resolve_model(source))
+    report = transfer_weights(network, state_dict, family, strict=strict)
+    return {"source": str(source), "format": fmt, "source_model": card.id, **{k: len(v) for k, v in report.items()}}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+
+
+def trainable_names(network: nn.Module, family, mode: str) -> set[str]:
+    """Parameter names that train in ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"fine-tuning mode {mode!r} is not one of {MODES}")
+    names = {name for name, _ in network.named_parameters()}
+    encoder = tuple(getattr(family, "ENCODER_KEYS", ()))
+    if mode == "full":
+        return names
+    if mode in ("frozen_encoder", "decoder_only") and not encoder:
+        raise ValueError(f"family {family.__name__} declares no ENCODER_KEYS; use mode 'full' or 'adapters'")
+    if mode == "frozen_encoder":
+        return {n for n in names if not _matches(n, encoder)}
+    if mode == "decoder_only":
+        frozen = encoder + tuple(getattr(family, "BOTTLENECK_KEYS", ()))
+        return {n for n in names if not _matches(n, frozen)}
+    patterns = getattr(family, "TRAINABLE_PATTERNS", None)
+    if patterns:
+        return {n for n in names if any(fnmatchcase(n, p) for p in patterns)}
+    head = tuple(getattr(family, "HEAD_KEYS", ()))
+    norms = {f"{m}.{p}" if m else p for m, module in network.named_modules() if _is_norm(module)
+             for p, _ in module.named_parameters(recurse=False)}
+    return {n for n in names if n in norms or _matches(n, head)}
+
+
+def apply_mode(network: nn.Module, family, mode: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for ``mode`` and return the trainable parameters (for ``fit(parameters=...)``)."""
+    keep = trainable_names(network, family, mode)
+    trainable = []
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name in keep)
+        if name in keep:
+            trainable.append(parameter)
+    if not trainable:
+        raise ValueError(f"fine-tuning mode {mode!r} leaves no trainable parameter in this network")
+    return trainable

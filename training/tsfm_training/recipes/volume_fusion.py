@@ -1,0 +1,65 @@
+"""Volume Fusion self-supervised pretraining (MIS-FM) of any segmentation network on unlabelled CT.
+
+Config sections as in the supervised recipe (``output_dir``, ``threads``, ``model``, ``data``, ``loop``)
+plus ``volume_fusion`` (``VolumeFusionSettings`` fields; ``patch_size`` defaults to the card's). The
+model card must have ``num_classes`` = 5 outputs (classes 1..4 = fusion weights 1/4..1); labels in the
+datasets are ignored, and the ``data.validation`` cases are left out so a later fine-tuning can be scored
+on images the pretraining never saw. The exported model is the starting point for ``init.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tsfm_training.config import ConfigError, section
+
+log = logging.getLogger(__name__)
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    import torch
+
+    from tsfm_training.data.datasets import dataset_from_config
+    from tsfm_training.data.preprocess import CaseCache, Preprocessing
+    from tsfm_training.data.sampler import PatchBatches, volume_fusion_sample_fn
+    from tsfm_training.export import export_model
+    from tsfm_training.loop import LoopConfig, fit
+    from tsfm_training.networks import card_from_config, training_network
+    from tsfm_training.objectives.supervised import supervised_loss_fn
+    from tsfm_training.objectives.volume_fusion import VolumeFusionSettings, volume_fusion_criterion
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    output_dir = Path(config.get("output_dir", "out/training/volume_fusion"))
+    card = card_from_config(section(config, "model"))
+    fusion = dict(section(config, "volume_fusion", required=False))
+    fusion.setdefault("patch_size", list(card.patch_size))
+    deep_supervision = bool(fusion.pop("deep_supervision", True))
+    settings = VolumeFusionSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in fusion.items()})
+    if card.num_classes != settings.num_classes:
+        raise ConfigError(f"Volume Fusion predicts {settings.num_classes} classes; the model card has "
+                          f"{card.num_classes} outputs")
+
+    data = section(config, "data")
+    held_out = set(data.get("validation", []))
+    cases = [c for entry in data.get("datasets", []) for c in dataset_from_config(entry).cases
+             if c.case_id not in held_out]
+    if not cases:
+        raise ConfigError("config 'data.datasets' gives no case for pretraining")
+    cache = CaseCache(data.get("cache", output_dir / "cache"))
+    preprocessing = Preprocessing.from_card(card)
+    prepared = [cache.get(c, preprocessing) for c in cases]
+    loop = LoopConfig.from_dict({**section(config, "loop"), "output_dir": output_dir / "train"})
+    batches = PatchBatches(prepared, volume_fusion_sample_fn(settings), int(data.get("batch_size", 2)), loop.seed)
+    log.info("Volume Fusion pretraining on %d volumes", len(prepared))
+
+    network = training_network(card, deep_supervision=deep_supervision)
+    result = fit(network, batches, supervised_loss_fn(volume_fusion_criterion()), loop)
+    card = dataclasses.replace(card, provenance={**card.provenance, "recipe": "volume_fusion",
+                                                 "steps": loop.steps, "pretraining_cases": len(prepared)})
+    model_dir = export_model(network, card, output_dir / "model")
+    return {"output_dir": str(output_dir), "model": str(model_dir), "train": result}
