@@ -31,8 +31,12 @@ def now_iso() -> str:
 def voxel_checksum(segmentation_node, segment_id: str, volume_node) -> str:  # noqa: ANN001
     """sha1 of the segment's voxels on the volume grid (bit-packed), independent of labelmap layout."""
     k, j, i = image_geometry(volume_node).shape_kji
-    mask = read_segment_crop(segmentation_node, segment_id, volume_node, (0, i - 1, 0, j - 1, 0, k - 1))
-    return hashlib.sha1(np.packbits(mask.ravel()).tobytes()).hexdigest()
+    return mask_checksum(read_segment_crop(segmentation_node, segment_id, volume_node, (0, i - 1, 0, j - 1, 0, k - 1)))
+
+
+def mask_checksum(mask: np.ndarray) -> str:
+    """sha1 of a {0, 1} mask (K, J, I), bit-packed."""
+    return hashlib.sha1(np.packbits(mask.ravel() > 0).tobytes()).hexdigest()
 
 
 def read(segmentation_node, segment_id: str) -> dict[str, Any]:  # noqa: ANN001

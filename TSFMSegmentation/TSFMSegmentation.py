@@ -1,0 +1,591 @@
+"""TSFMSegmentation: automatic and interactive 3D segmentation with foundation models, in 3D Slicer.
+
+Five parts in the usual order: module metadata, typed parameter node, Widget (a thin view of the
+parameter node and the Logic), Logic (every action, scriptable from the Python console without the
+GUI) and the self-test. The work itself lives in ``TSFMSegmentationLib`` (Qt-free, tested on real
+MRML); the backend runs out of process and is reached over HTTP ``/v1`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from TSFMSegmentationLib import export, provenance
+from TSFMSegmentationLib.backend_process import bundled_backend_dirs
+from TSFMSegmentationLib.logic_connection import Connection, describe_info
+from TSFMSegmentationLib.logic_interactive import InteractiveEditor
+from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
+from TSFMSegmentationLib.segments import EditSettings
+
+MODULE_DIR = Path(__file__).resolve().parent
+TORCH_REQUIREMENT = ">=2.4"
+
+CITATIONS = """
+<p>Models and methods:</p><ul>
+<li>STU-Net: Huang Z. et al. <i>STU-Net: Scalable and Transferable Medical Image Segmentation Models Empowered
+by Large-Scale Supervised Pre-training</i>, arXiv:2304.06716, 2023.</li>
+<li>TSFM: Xie Y. et al. <i>Tumor segmentation foundation model</i>, arXiv:2403.06396, 2024.</li>
+<li>MIS-FM: Wang G. et al. <i>MIS-FM: 3D Medical Image Segmentation using Foundation Models Pretrained on a
+Large-Scale Unannotated Dataset</i>, arXiv:2306.16925, 2023.</li>
+<li>SuPreM / AbdomenAtlas: Li W. et al. <i>How Well Do Supervised 3D Models Transfer to Medical Imaging
+Tasks?</i>, ICLR 2024.</li>
+<li>3DSAM-adapter: Gong S. et al. <i>3DSAM-adapter: Holistic adaptation of SAM from 2D to 3D for promptable
+tumor segmentation</i>, Medical Image Analysis 2024, doi:10.1016/j.media.2024.103324 (arXiv:2306.13465).</li>
+<li>nnU-Net: Isensee F. et al. <i>nnU-Net</i>, Nature Methods 18, 203-211, 2021.</li>
+</ul><p>Data used to build and test the bundled models:</p><ul>
+<li>TotalSegmentator: Wasserthal J. et al. <i>TotalSegmentator: Robust Segmentation of 104 Anatomic Structures
+in CT Images</i>, Radiology: Artificial Intelligence 2023 (Apache-2.0 test files).</li>
+<li>Soft-tissue sarcoma CT (CC BY 3.0): Vallieres M., Freeman C. R., Skamene S. R., El Naqa I. (2015). The
+Cancer Imaging Archive, doi:10.7937/K9/TCIA.2015.7GO2GSKS; Phys. Med. Biol. 60(14):5471,
+doi:10.1088/0031-9155/60/14/5471; Clark K. et al. TCIA, J Digit Imaging 26(6):1045-1057, 2013,
+doi:10.1007/s10278-013-9622-7; curated by the IBSI validation data set.</li></ul>
+"""
+
+
+class TSFMSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent) -> None:  # noqa: ANN001
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("TSFM Segmentation")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = ["Segmentations", "Markups"]
+        self.parent.contributors = ["TSFMSegmentation developers"]
+        self.parent.helpText = _(
+            "Segment tumours and organs in 3D with foundation models. <b>Automatic</b>: pick a model and "
+            "press Segment. <b>Interactive</b>: place positive/negative points or a box; each prompt refines "
+            "the current segment. Review, correct in the embedded Segment Editor, and export reviewed cases "
+            "as an nnU-Net v2 dataset for fine-tuning. The backend runs locally (default) or on a remote "
+            "GPU server; see the README for the Python scripting API."
+        ) + CITATIONS
+        self.parent.acknowledgementText = _(
+            "Built on 3D Slicer, PyTorch, MONAI and nnU-Net. Model weights keep their own licenses, shown "
+            "with each model."
+        )
+
+
+@parameterNodeWrapper
+class TSFMSegmentationParameterNode:
+    """What the GUI shows; the backend token is deliberately not here (it must never be saved)."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    positivePoints: slicer.vtkMRMLMarkupsFiducialNode
+    negativePoints: slicer.vtkMRMLMarkupsFiducialNode
+    boxRoi: slicer.vtkMRMLMarkupsROINode
+    remoteUrl: str = ""
+    automaticModel: str = ""
+    interactiveModel: str = ""
+    useTTA: bool = False
+    fastMode: bool = False
+    caseId: str = ""
+
+
+class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Every action of the module, usable from Slicer's Python console (see README, scripting API)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.connection = Connection()
+        self.lastJob: AutomaticJob | None = None
+        self.editor: InteractiveEditor | None = None
+        self.segmentEditorNode: slicer.vtkMRMLSegmentEditorNode | None = None
+
+    def getParameterNode(self) -> TSFMSegmentationParameterNode:
+        return TSFMSegmentationParameterNode(super().getParameterNode())
+
+    # ---- backend ---------------------------------------------------------------------------------
+    def startLocalBackend(self, python: str = "", device: str = "auto", timeoutSeconds: float = 180.0,
+                          onWait=None) -> dict[str, Any]:  # noqa: ANN001
+        """Start ``tsfm-backend serve`` on a free loopback port with ``python`` (Slicer's own when empty)."""
+        return self.connection.connect_local(python or sys.executable, device, timeoutSeconds, on_wait=onWait)
+
+    def connectRemote(self, url: str, token: str = "") -> dict[str, Any]:
+        """Use a backend at ``url``; the token stays in memory only."""
+        return self.connection.connect_remote(url, token or None)
+
+    def testConnection(self) -> dict[str, Any]:
+        return self.connection.test_connection()
+
+    def backendSummary(self) -> tuple[str, str]:
+        """(device, GPU and versions; a warning when the backend computes on the CPU)."""
+        return describe_info(self.connection.test_connection())
+
+    def stopBackend(self) -> None:
+        if self.editor is not None:
+            self.editor.close()
+            self.editor = None
+        self.connection.disconnect()
+
+    def models(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Models the backend serves, optionally only "automatic" or "promptable" ones."""
+        return [m for m in self.connection.require().models() if kind is None or m.get("kind") == kind]
+
+    def installBackend(self, askConfirmation: bool = True) -> None:
+        """Install PyTorch (PyTorch extension, CUDA build matching the driver) and the backend's packages
+        into Slicer's Python. Never pins an exact torch version."""
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise RuntimeError("install the 'PyTorch' extension from the Extensions Manager first") from error
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if torchLogic.installTorch(askConfirmation=askConfirmation,
+                                       torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                raise RuntimeError("PyTorch was not installed")
+        requirements = MODULE_DIR / "Resources" / "backend-requirements.txt"
+        slicer.util.pip_install(["-r", str(requirements)])
+        for folder in bundled_backend_dirs(MODULE_DIR):
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+
+    # ---- automatic -------------------------------------------------------------------------------
+    def startSegmentation(self, volumeNode, modelId: str, options: dict[str, Any] | None = None) -> AutomaticJob:  # noqa: ANN001
+        """Upload the volume and queue a whole-volume job; poll it with ``pollSegmentation``."""
+        self.connection.check_upload_allowed()
+        self.lastJob = AutomaticJob(self.connection.require(), volumeNode, modelId, options)
+        self.lastJob.start()
+        return self.lastJob
+
+    def pollSegmentation(self) -> JobStatus:
+        """One non-blocking status check of the running job (the widget calls it from a timer)."""
+        return self.lastJob.poll()
+
+    def cancelSegmentation(self) -> None:
+        if self.lastJob is not None:
+            self.lastJob.cancel()
+
+    def finishSegmentation(self, segmentationNode=None):  # noqa: ANN001, ANN201
+        """Turn the finished job's label map into named, coloured segments on the volume's grid."""
+        node, _created = self.lastJob.result_into(segmentationNode, backend=self._backendName())
+        return node
+
+    def segment(self, volumeNode, modelId: str, options: dict[str, Any] | None = None,  # noqa: ANN001, ANN201
+                segmentationNode=None, progressCallback=None, timeoutSeconds: float | None = None):  # noqa: ANN001
+        """Blocking whole-volume segmentation for scripts: returns the segmentation node."""
+        job = self.startSegmentation(volumeNode, modelId, options)
+        job.wait(poll_s=0.25, timeout_s=timeoutSeconds, on_progress=progressCallback)
+        return self.finishSegmentation(segmentationNode)
+
+    # ---- interactive -----------------------------------------------------------------------------
+    def startInteractive(self, volumeNode, modelId: str, segmentationNode=None) -> InteractiveEditor:  # noqa: ANN001
+        """Open a prompt session on ``volumeNode``; clicks then go to ``addPoint``/``setBox``."""
+        self.connection.check_upload_allowed()
+        if self.editor is not None:
+            self.editor.close()
+        self.editor = InteractiveEditor(self.connection.require(), volumeNode, modelId, segmentationNode,
+                                        settings=self.editSettings, backend=self._backendName())
+        self.editor.start()
+        return self.editor
+
+    def editSettings(self) -> EditSettings:
+        """The Segment Editor's masking/overwrite settings in force (defaults when none is set)."""
+        return EditSettings.from_editor_node(self.segmentEditorNode)
+
+    def addPoint(self, rasPoint, positive: bool = True):  # noqa: ANN001, ANN201
+        """One click at world RAS (any view); returns the change written into the current segment."""
+        return self._requireEditor().click(tuple(float(v) for v in rasPoint), positive)
+
+    def setBox(self, roiNode):  # noqa: ANN001, ANN201
+        return self._requireEditor().box(roiNode)
+
+    def undo(self) -> bool:
+        return self._requireEditor().undo()
+
+    def redo(self) -> bool:
+        return self._requireEditor().redo()
+
+    def nextSegment(self, name: str | None = None) -> str:
+        return self._requireEditor().next_segment(name)
+
+    def resetSegment(self) -> None:
+        self._requireEditor().reset()
+
+    def _requireEditor(self) -> InteractiveEditor:
+        if self.editor is None:
+            raise RuntimeError("start an interactive session first (startInteractive)")
+        return self.editor
+
+    def _backendName(self) -> str:
+        client = self.connection.client
+        return client.base_url if client is not None else ""
+
+    # ---- review and export -------------------------------------------------------------------------
+    def segmentProvenance(self, segmentationNode, volumeNode) -> list[dict[str, Any]]:  # noqa: ANN001
+        """Per segment: name, model, source, prompts, review status and whether it was edited."""
+        return provenance.describe_all(segmentationNode, volumeNode)
+
+    def reviewSegment(self, segmentationNode, segmentId: str, accepted: bool, reviewer: str = "") -> None:  # noqa: ANN001
+        provenance.set_review(segmentationNode, segmentId, provenance.ACCEPTED if accepted else provenance.REJECTED,
+                              reviewer)
+
+    def exportCase(self, datasetFolder: str, caseId: str, volumeNode, segmentationNode,  # noqa: ANN001
+                   overwrite: bool = False, annotator: str = "") -> export.ExportedCase:
+        """Append one case to an nnU-Net v2 raw dataset (raises CaseExistsError unless ``overwrite``)."""
+        return export.export_case(datasetFolder, caseId, volumeNode, segmentationNode, overwrite=overwrite,
+                                  annotator=annotator)
+
+
+# ---- Widget ----------------------------------------------------------------------------------------
+
+
+class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """A view: reads the GUI into Logic calls, shows Logic state. No computation here."""
+
+    POLL_MS = 500
+    HEARTBEAT_MS = 30000
+
+    def __init__(self, parent=None) -> None:  # noqa: ANN001
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._pollTimer = None
+        self._heartbeatTimer = None
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TSFMSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = TSFMSegmentationLogic()
+        self.logic.connection.confirm_upload = self._confirmUpload
+        self.logic.segmentEditorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode)
+        self.ui.reviewTable.setHorizontalHeaderLabels([_("Segment"), _("Model"), _("Source"), _("Edited"),
+                                                       _("Status")])
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_MS)
+        self._pollTimer.connect("timeout()", self.onPollJob)
+        self._heartbeatTimer = qt.QTimer()
+        self._heartbeatTimer.setInterval(self.HEARTBEAT_MS)
+        self._heartbeatTimer.connect("timeout()", self.onHeartbeat)
+
+        connections = [
+            (self.ui.startBackendButton, self.onStartBackend), (self.ui.testConnectionButton, self.onTestConnection),
+            (self.ui.installBackendButton, self.onInstallBackend), (self.ui.segmentButton, self.onSegment),
+            (self.ui.startInteractiveButton, self.onStartInteractive), (self.ui.undoButton, self.onUndo),
+            (self.ui.redoButton, self.onRedo), (self.ui.nextSegmentButton, self.onNextSegment),
+            (self.ui.resetButton, self.onReset), (self.ui.boxButton, self.onBox),
+            (self.ui.acceptButton, lambda: self.onReview(True)), (self.ui.rejectButton, lambda: self.onReview(False)),
+            (self.ui.refreshReviewButton, self.updateReviewTable), (self.ui.exportButton, self.onExport),
+        ]
+        for button, slot in connections:
+            button.connect("clicked(bool)", lambda _checked, slot=slot: self._run(slot))
+        self.ui.positivePointButton.connect("clicked(bool)", lambda on: self.onPlacePoints(True, on))
+        self.ui.negativePointButton.connect("clicked(bool)", lambda on: self.onPlacePoints(False, on))
+        self.ui.localRadioButton.connect("toggled(bool)", self.updateBackendControls)
+        for key, slot in (("P", lambda: self.onPlacePoints(True, True)), ("N", lambda: self.onPlacePoints(False, True)),
+                          ("B", self.onBox), ("Ctrl+Alt+Z", self.onUndo), ("Ctrl+Alt+Y", self.onRedo),
+                          ("Ctrl+Alt+N", self.onNextSegment)):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda slot=slot: self._run(slot))
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.updateBackendControls()
+
+    def _run(self, slot) -> None:  # noqa: ANN001
+        with slicer.util.tryWithErrorDisplay(_("TSFM Segmentation failed."), waitCursor=True):
+            slot()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.logic.stopBackend()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:  # noqa: ANN001
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:  # noqa: ANN001
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:  # noqa: ANN001
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # ---- backend ---------------------------------------------------------------------------------
+    def updateBackendControls(self, *_args) -> None:  # noqa: ANN002
+        local = self.ui.localRadioButton.checked
+        for widget in (self.ui.pythonPathLineEdit, self.ui.deviceComboBox, self.ui.startBackendButton,
+                       self.ui.installBackendButton):
+            widget.enabled = local
+        for widget in (self.ui.remoteUrlLineEdit, self.ui.tokenLineEdit):
+            widget.enabled = not local
+
+    def onInstallBackend(self) -> None:
+        self.logic.installBackend(askConfirmation=True)
+        slicer.util.infoDisplay(_("The backend is installed. Press 'Start local backend'."))
+
+    def onStartBackend(self) -> None:
+        self.ui.backendStatusLabel.text = _("Starting the local backend...")
+        self.logic.startLocalBackend(self.ui.pythonPathLineEdit.currentPath, self.ui.deviceComboBox.currentText,
+                                     onWait=lambda elapsed: slicer.app.processEvents())
+        self.onTestConnection()
+
+    def onTestConnection(self) -> None:
+        if not self.ui.localRadioButton.checked:
+            self.logic.connectRemote(self._parameterNode.remoteUrl, self.ui.tokenLineEdit.text)
+        summary, warning = self.logic.backendSummary()
+        self.ui.backendStatusLabel.text = _("Connected: ") + summary
+        self.ui.cpuWarningLabel.text = warning
+        self._fillModels(self.ui.automaticModelComboBox, "automatic")
+        self._fillModels(self.ui.interactiveModelComboBox, "promptable")
+
+    def _fillModels(self, combo, kind: str) -> None:  # noqa: ANN001
+        import qt
+
+        combo.clear()
+        for model in self.logic.models(kind):
+            combo.addItem(model["id"])
+            combo.setItemData(combo.count - 1, f"{model.get('description', '')} ({model.get('license', '')})",
+                              qt.Qt.ToolTipRole)
+
+    def _confirmUpload(self, url: str) -> bool:
+        return slicer.util.confirmYesNoDisplay(
+            _("The image will be sent to {url}, a server outside this computer. Patient data must only go "
+              "to servers allowed to receive it. Send it?").format(url=url))
+
+    # ---- automatic -------------------------------------------------------------------------------
+    def onSegment(self) -> None:
+        if self._pollTimer.isActive():
+            self.logic.cancelSegmentation()
+            self.ui.jobStatusLabel.text = _("Cancelling...")
+            return
+        options = {"tta": self._parameterNode.useTTA, "fast": self._parameterNode.fastMode}
+        self.logic.startSegmentation(self._parameterNode.inputVolume, self.ui.automaticModelComboBox.currentText,
+                                     options)
+        self.ui.segmentButton.text = _("Cancel")
+        self.ui.segmentProgressBar.value = 0
+        self._pollTimer.start()
+
+    def onPollJob(self) -> None:
+        try:
+            status = self.logic.pollSegmentation()
+        except Exception as error:
+            self._pollTimer.stop()
+            self.ui.segmentButton.text = _("Segment")
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.segmentProgressBar.value = int(100 * status.progress)
+        self.ui.jobStatusLabel.text = f"{status.state}: {status.message}"
+        if not status.finished:
+            return
+        self._pollTimer.stop()
+        self.ui.segmentButton.text = _("Segment")
+        if status.state == "done":
+            with slicer.util.tryWithErrorDisplay(_("Could not read the result."), waitCursor=True):
+                node = self.logic.finishSegmentation(self._parameterNode.outputSegmentation)
+                self._parameterNode.outputSegmentation = node
+                self.updateReviewTable()
+
+    # ---- interactive -----------------------------------------------------------------------------
+    def onStartInteractive(self) -> None:
+        editor = self.logic.startInteractive(self._parameterNode.inputVolume,
+                                             self.ui.interactiveModelComboBox.currentText,
+                                             self._parameterNode.outputSegmentation)
+        self._parameterNode.outputSegmentation = editor.segmentation_node
+        self.ui.segmentEditorWidget.setSegmentationNode(editor.segmentation_node)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
+        self.ui.segmentEditorWidget.setCurrentSegmentID(editor.segment_id)
+        for role, attribute in (("positive", "positivePoints"), ("negative", "negativePoints")):
+            if getattr(self._parameterNode, attribute) is None:
+                from TSFMSegmentationLib.prompts import create_prompt_list
+
+                setattr(self._parameterNode, attribute, create_prompt_list(role))
+            node = getattr(self._parameterNode, attribute)
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+        self._heartbeatTimer.start()
+        self.ui.interactiveStatusLabel.text = _("Place points (P / N) or a box (B).")
+
+    def onPlacePoints(self, positive: bool, on: bool = True) -> None:
+        node = self._parameterNode.positivePoints if positive else self._parameterNode.negativePoints
+        if node is None:
+            raise RuntimeError(_("Press Start in the Interactive section first."))
+        self.ui.positivePointButton.checked = positive and on
+        self.ui.negativePointButton.checked = (not positive) and on
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selection.SetActivePlaceNodeID(node.GetID())
+        slicer.app.applicationLogic().GetInteractionNode().SetPlaceModePersistence(1 if on else 0)
+        slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+            slicer.vtkMRMLInteractionNode.Place if on else slicer.vtkMRMLInteractionNode.ViewTransform)
+
+    def onPointPlaced(self, caller, event) -> None:  # noqa: ANN001
+        from TSFMSegmentationLib.prompts import control_point_world, is_positive
+
+        index = caller.GetNumberOfControlPoints() - 1
+        with slicer.util.tryWithErrorDisplay(_("The click could not be used."), waitCursor=True):
+            self.logic.addPoint(control_point_world(caller, index), is_positive(caller))
+            self.updateReviewTable()
+
+    def onBox(self) -> None:
+        roi = self._parameterNode.boxRoi
+        if roi is None or roi.GetNumberOfControlPoints() == 0:
+            if roi is None:
+                roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
+                self._parameterNode.boxRoi = roi
+                self.addObserver(roi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, lambda *a: self._run(self.onBox))
+            slicer.modules.markups.logic().StartPlaceMode(0)
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetActivePlaceNodeID(roi.GetID())
+            return
+        self.logic.setBox(roi)
+
+    def onUndo(self) -> None:
+        self.logic.undo()
+
+    def onRedo(self) -> None:
+        self.logic.redo()
+
+    def onNextSegment(self) -> None:
+        segmentId = self.logic.nextSegment()
+        self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
+        for node in (self._parameterNode.positivePoints, self._parameterNode.negativePoints):
+            if node is not None:
+                node.RemoveAllControlPoints()
+
+    def onReset(self) -> None:
+        self.logic.resetSegment()
+
+    def onHeartbeat(self) -> None:
+        if self.logic.editor is not None:
+            self.logic.editor.heartbeat()
+
+    # ---- review and export -----------------------------------------------------------------------
+    def updateReviewTable(self) -> None:
+        import qt
+
+        segmentation, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
+        records = self.logic.segmentProvenance(segmentation, volume) if segmentation and volume else []
+        self.ui.reviewTable.setRowCount(len(records))
+        for row, record in enumerate(records):
+            values = (record["name"], record["model"], record["source"], _("yes") if record["edited"] else _("no"),
+                      record["status"])
+            for column, value in enumerate(values):
+                item = qt.QTableWidgetItem(str(value))
+                item.setData(qt.Qt.UserRole, record["segment_id"])
+                self.ui.reviewTable.setItem(row, column, item)
+
+    def onReview(self, accepted: bool) -> None:
+        import qt
+
+        for index in self.ui.reviewTable.selectionModel().selectedRows():
+            segmentId = self.ui.reviewTable.item(index.row(), 0).data(qt.Qt.UserRole)
+            self.logic.reviewSegment(self._parameterNode.outputSegmentation, segmentId, accepted)
+        self.updateReviewTable()
+
+    def onExport(self) -> None:
+        folder = self.ui.exportFolderButton.directory
+        caseId = self._parameterNode.caseId
+        volume, segmentation = self._parameterNode.inputVolume, self._parameterNode.outputSegmentation
+        try:
+            case = self.logic.exportCase(folder, caseId, volume, segmentation)
+        except export.CaseExistsError as error:
+            if not slicer.util.confirmYesNoDisplay(str(error) + "\n\n" + _("Replace it?")):
+                return
+            case = self.logic.exportCase(folder, caseId, volume, segmentation, overwrite=True)
+        self.ui.exportStatusLabel.text = _("Wrote {image} and {label}").format(image=case.image.name,
+                                                                             label=case.label.name)
+
+
+# ---- Self-test (runs inside Slicer) -------------------------------------------------------------------
+
+
+class TSFMSegmentationTest(ScriptedLoadableModuleTest):
+    """Loads a real CT, starts the local backend, clicks once on the tumour and checks the Dice.
+
+    Data: $TSFM_SELFTEST_CASE (a folder with ct.nii.gz and mask.nii.gz), else the soft-tissue sarcoma
+    case STS_001 of the project's shared data beside a source checkout. Model: $TSFM_SELFTEST_MODEL or
+    the first promptable model the backend serves. Minimum Dice: $TSFM_SELFTEST_MIN_DICE (0.5).
+    """
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_click_segments_the_tumour()
+
+    def _case_folder(self) -> Path:
+        default = MODULE_DIR.parent.parent / "shared" / "data" / "sts" / "STS_001"
+        return Path(os.environ.get("TSFM_SELFTEST_CASE", default))
+
+    def test_click_segments_the_tumour(self) -> None:
+        import numpy as np
+
+        folder = self._case_folder()
+        if not (folder / "ct.nii.gz").exists():
+            self.delayDisplay(f"Self-test skipped: no test case at {folder} (set TSFM_SELFTEST_CASE)")
+            return
+        volume = slicer.util.loadVolume(str(folder / "ct.nii.gz"))
+        reference = slicer.util.loadLabelVolume(str(folder / "mask.nii.gz"))
+        truth = slicer.util.arrayFromVolume(reference) > 0
+        logic = TSFMSegmentationLogic()
+        logic.startLocalBackend(onWait=lambda elapsed: slicer.app.processEvents())
+        try:
+            models = logic.models("promptable")
+            self.assertTrue(models, "the backend serves no promptable model")
+            model = os.environ.get("TSFM_SELFTEST_MODEL", models[0]["id"])
+            kji = deepest_voxel(truth)
+            ijk_to_ras = vtk.vtkMatrix4x4()
+            volume.GetIJKToRASMatrix(ijk_to_ras)
+            ras = ijk_to_ras.MultiplyPoint([kji[2], kji[1], kji[0], 1.0])[:3]
+            editor = logic.startInteractive(volume, model)
+            logic.addPoint(ras, positive=True)
+            result = slicer.util.arrayFromSegmentBinaryLabelmap(editor.segmentation_node, editor.segment_id, volume) > 0
+            dice = 2.0 * np.logical_and(result, truth).sum() / max(1, result.sum() + truth.sum())
+            self.delayDisplay(f"Dice after one click with {model}: {dice:.3f}")
+            self.assertGreaterEqual(dice, float(os.environ.get("TSFM_SELFTEST_MIN_DICE", "0.5")))
+            self.assertTrue(logic.undo())
+            self.assertFalse((slicer.util.arrayFromSegmentBinaryLabelmap(
+                editor.segmentation_node, editor.segment_id, volume) > 0).any())
+        finally:
+            logic.stopBackend()
+        self.delayDisplay("Test passed")
+
+
+def deepest_voxel(mask) -> tuple[int, int, int]:  # noqa: ANN001
+    """(k, j, i) of a voxel as far inside ``mask`` as repeated 6-neighbour erosion reaches."""
+    import numpy as np
+
+    current = np.asarray(mask, bool)
+    while True:
+        eroded = current.copy()
+        for axis in range(3):
+            eroded &= np.roll(current, 1, axis) & np.roll(current, -1, axis)
+        if not eroded.any():
+            return tuple(int(v) for v in np.argwhere(current)[len(np.argwhere(current)) // 2])
+        current = eroded

@@ -1,0 +1,215 @@
+"""Interactive segmentation: each click or box goes to a server session, the answer lands in a segment.
+
+One ``InteractiveEditor`` works on one volume and one segmentation. Each segment it edits is one
+object of the server session. Every answer (origin + mask crop of the changed region) is written
+into the current segment in place (``segments.apply_crop``), honouring the Segment Editor's masking
+and overwrite settings at that moment. Undo/redo keep bbox-sized snapshots per segment (exact, even
+after overwrite and masking).
+
+The segment, not the server, is the truth: before each prompt the segment's voxel checksum is compared
+with the one after the last model write, and when they differ (undo, redo, reset, a Segment Editor
+touch-up) the server's object is re-seeded from the segment's current voxels. When the server lets
+the session expire (410), a new session is opened the same way and the prompt is sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import slicer
+
+from . import prompts, provenance
+from .client import BackendClient, NotFound, SessionExpired
+from .segments import (
+    CropChange,
+    EditSettings,
+    add_empty_segment,
+    apply_crop,
+    attach_to_volume,
+    read_segment_crop,
+    redo_change,
+    segment_ids,
+    undo_change,
+)
+from .volumes import image_geometry, image_payload
+
+
+class InteractiveEditor:
+    """Clicks and boxes on ``volume_node`` refined by the promptable ``model``.
+
+    Args:
+        client: connection to the backend.
+        volume_node: the image; clicks are mapped into its voxels with its full world geometry.
+        model: id of a promptable model on the server.
+        segmentation_node: where results go (a new one on the volume's grid when None).
+        settings: returns the Segment Editor settings to honour at each write.
+        backend: recorded in the provenance (e.g. the server URL).
+    """
+
+    def __init__(self, client: BackendClient, volume_node: slicer.vtkMRMLScalarVolumeNode, model: str,
+                 segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+                 settings: Callable[[], EditSettings] = EditSettings, backend: str = "") -> None:
+        self.client = client
+        self.volume_node = volume_node
+        self.model = model
+        self.settings = settings
+        self.backend = backend
+        self.geometry = image_geometry(volume_node)
+        if segmentation_node is None:
+            segmentation_node = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{volume_node.GetName()} interactive")
+            segmentation_node.CreateDefaultDisplayNodes()
+        attach_to_volume(segmentation_node, volume_node)
+        self.segmentation_node = segmentation_node
+        self.image_id = ""
+        self.session_id = ""
+        self.segment_id = ""
+        self._objects: dict[str, int] = {}
+        self._synced: dict[str, str] = {}
+        self._empty_checksum = provenance.mask_checksum(np.zeros(self.geometry.shape_kji, np.uint8))
+        self._undo: dict[str, list[CropChange]] = {}
+        self._redo: dict[str, list[CropChange]] = {}
+
+    # ---- session ---------------------------------------------------------------------------------
+    def start(self, segment_id: str | None = None) -> str:
+        """Upload the image, open a session and pick (or create) the segment to edit; returns the session id."""
+        payload = image_payload(self.volume_node)
+        self.image_id = self.client.upload_image(payload.array, payload.spacing, payload.origin, payload.direction)
+        self.session_id = self.client.create_session(self.image_id, self.model)
+        self.select_segment(segment_id or self.segment_id or self._new_segment_id())
+        return self.session_id
+
+    def _reopen(self) -> None:
+        """A new session; each object is re-seeded from its segment before its next prompt."""
+        self.session_id = self.client.create_session(self.image_id, self.model)
+        self._synced.clear()
+
+    def _sync_object(self) -> None:
+        """Send the current segment's voxels to the server when they differ from what it last produced."""
+        checksum = provenance.voxel_checksum(self.segmentation_node, self.segment_id, self.volume_node)
+        if self._synced.get(self.segment_id, self._empty_checksum) == checksum:
+            return
+        k, j, i = self.geometry.shape_kji
+        mask = read_segment_crop(self.segmentation_node, self.segment_id, self.volume_node,
+                                 (0, i - 1, 0, j - 1, 0, k - 1))
+        self.client.interact(self.session_id, None, mask=mask, object_id=self.object_id)
+        self._synced[self.segment_id] = checksum
+
+    def heartbeat(self) -> float:
+        """Keep the session alive while the user looks (the widget calls this from a timer)."""
+        try:
+            return self.client.heartbeat(self.session_id)
+        except SessionExpired:
+            self._reopen()
+            return self.client.heartbeat(self.session_id)
+
+    def close(self) -> None:
+        if self.session_id:
+            try:
+                self.client.close_session(self.session_id)
+            except (NotFound, SessionExpired):
+                pass
+        self.session_id = ""
+
+    # ---- segments --------------------------------------------------------------------------------
+    def _new_segment_id(self) -> str:
+        existing = set(segment_ids(self.segmentation_node))
+        number = len(existing) + 1
+        while f"segment {number}" in {self.segmentation_node.GetSegmentation().GetSegment(s).GetName()
+                                       for s in existing}:
+            number += 1
+        return add_empty_segment(self.segmentation_node, f"segment {number}")
+
+    def select_segment(self, segment_id: str) -> None:
+        """Make ``segment_id`` the one clicks edit (each segment is its own object on the server)."""
+        if self.segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            raise KeyError(f"no segment '{segment_id}' in '{self.segmentation_node.GetName()}'")
+        self.segment_id = segment_id
+        self._objects.setdefault(segment_id, len(self._objects) + 1)
+
+    def next_segment(self, name: str | None = None) -> str:
+        """Start a new segment (the next clicks build it); returns its id."""
+        segment_id = add_empty_segment(self.segmentation_node, name) if name else self._new_segment_id()
+        self.select_segment(segment_id)
+        return segment_id
+
+    @property
+    def object_id(self) -> int:
+        return self._objects[self.segment_id]
+
+    # ---- prompts ---------------------------------------------------------------------------------
+    def click(self, ras: tuple[float, float, float], positive: bool = True) -> CropChange:
+        """A click at world RAS mm (from any view): include (positive) or exclude (negative) that spot."""
+        return self._send(prompts.point_interaction(self.geometry, ras, positive, self.object_id))
+
+    def box(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> CropChange:
+        """The object lies inside this ROI box."""
+        return self._send(prompts.box_interaction(self.geometry, roi_node, self.object_id))
+
+    def _send(self, interaction: dict[str, Any]) -> CropChange:
+        if not self.session_id:
+            raise RuntimeError("start the interactive session first")
+        try:
+            self._sync_object()
+            origin, mask = self.client.interact(self.session_id, interaction)
+        except SessionExpired:
+            self._reopen()
+            self._sync_object()
+            origin, mask = self.client.interact(self.session_id, interaction)
+        change = apply_crop(self.segmentation_node, self.segment_id, self.volume_node, tuple(origin), mask,
+                            self.settings())
+        self._undo.setdefault(self.segment_id, []).append(change)
+        self._redo[self.segment_id] = []
+        record = provenance.record_model_output(self.segmentation_node, self.segment_id, self.volume_node,
+                                                self.model, "interactive", [interaction], backend=self.backend)
+        # What the server holds is its own mask, which masking may have trimmed on the way in.
+        self._synced[self.segment_id] = (record["checksum"] if np.array_equal(change.after[self.segment_id] > 0,
+                                         mask[_crop_slices(change, origin)] > 0) else "")
+        return change
+
+    # ---- history ---------------------------------------------------------------------------------
+    def can_undo(self) -> bool:
+        return bool(self._undo.get(self.segment_id))
+
+    def can_redo(self) -> bool:
+        return bool(self._redo.get(self.segment_id))
+
+    def undo(self) -> bool:
+        """Put the current segment (and any segment it overwrote) back as before the last prompt."""
+        if not self.can_undo():
+            return False
+        change = self._undo[self.segment_id].pop()
+        undo_change(self.segmentation_node, self.volume_node, change)
+        self._redo.setdefault(self.segment_id, []).append(change)
+        return True
+
+    def redo(self) -> bool:
+        if not self.can_redo():
+            return False
+        change = self._redo[self.segment_id].pop()
+        redo_change(self.segmentation_node, self.volume_node, change)
+        self._undo[self.segment_id].append(change)
+        return True
+
+    def reset(self) -> CropChange:
+        """Empty the current segment and forget its prompts on the server (undoable)."""
+        k, j, i = self.geometry.shape_kji
+        change = apply_crop(self.segmentation_node, self.segment_id, self.volume_node, (0, 0, 0),
+                            np.zeros((k, j, i), np.uint8))
+        self._undo.setdefault(self.segment_id, []).append(change)
+        self._redo[self.segment_id] = []
+        try:
+            self.client.reset_session(self.session_id, self.object_id)
+        except SessionExpired:
+            self._reopen()
+        self._synced.pop(self.segment_id, None)
+        return change
+
+
+def _crop_slices(change: CropChange, origin: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """Where the (clipped) extent of ``change`` lies inside the server's crop at ``origin``."""
+    i0, i1, j0, j1, k0, k1 = change.extent
+    return (slice(k0 - origin[0], k1 - origin[0] + 1), slice(j0 - origin[1], j1 - origin[1] + 1),
+            slice(i0 - origin[2], i1 - origin[2] + 1))
