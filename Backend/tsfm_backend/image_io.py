@@ -8,7 +8,10 @@ direction matrix, so oblique and flipped acquisitions survive a read/write round
 
 from __future__ import annotations
 
+import gzip
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,19 @@ from tsfm_backend.volume import Volume, VolumeError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr", ".tif", ".tiff", ".dcm")
+IMAGE_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".img",
+    ".hdr",
+    ".tif",
+    ".tiff",
+    ".dcm",
+)
 
 
 class ImageReadError(VolumeError):
@@ -43,7 +58,9 @@ def image_stem(path: Path) -> str:
 def dicom_series(folder: Path) -> list[list[str]]:
     """File lists of the DICOM series in ``folder`` (not recursive), largest first."""
     reader = sitk.ImageSeriesReader()
-    series = [list(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))]
+    series = [
+        list(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))
+    ]
     return sorted((files for files in series if files), key=len, reverse=True)
 
 
@@ -61,7 +78,9 @@ def _from_sitk(image: sitk.Image, path: Path) -> Volume:
     if dimension == 2 or (dimension == 3 and image.GetSize()[2] == 1):
         raise ImageReadError(f"{path}: is a 2D image of size {image.GetSize()[:2]}; a 3D volume is needed")
     if dimension != 3:
-        raise ImageReadError(f"{path}: is a {dimension}D image of size {image.GetSize()}; a single 3D volume is needed")
+        raise ImageReadError(
+            f"{path}: is a {dimension}D image of size {image.GetSize()}; a single 3D volume is needed"
+        )
     array = sitk.GetArrayFromImage(image)
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise ImageReadError(f"{path}: contains NaN or infinite voxel values")
@@ -75,9 +94,13 @@ def _read_dicom_folder(folder: Path) -> Volume:
     series = dicom_series(folder)
     if not series:
         contents = "is empty" if not any(folder.iterdir()) else "holds no DICOM series"
-        raise ImageReadError(f"{folder}: folder {contents}; give an image file or a folder with one DICOM series")
+        raise ImageReadError(
+            f"{folder}: folder {contents}; give an image file or a folder with one DICOM series"
+        )
     if len(series) > 1:
-        log.warning("%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(series[0]))
+        log.warning(
+            "%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(series[0])
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series[0])
     try:
@@ -91,6 +114,43 @@ def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if "Exception" not in line and "sitk::ERROR" not in line] or lines
     return useful[-1] if useful else type(error).__name__
+
+
+def _nifti_data_problem(path: Path) -> str | None:
+    """Why a NIfTI-1 file holds fewer voxel bytes than its header promises, or None when it is complete.
+
+    ITK fills the missing part of a truncated NIfTI with zeros without a word, so the length is checked
+    here: header ``vox_offset`` + voxels x ``bitpix`` / 8 against the (decompressed) file length.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(348)
+            if len(header) < 348:
+                return "header is truncated"
+            for order in "<>":
+                if struct.unpack(order + "i", header[:4])[0] == 348:
+                    break
+            else:
+                return None  # NIfTI-2 or another layout: left to ITK
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            voxels = 1
+            for n in dims[1 : 1 + max(0, min(dims[0], 7))]:
+                voxels *= max(int(n), 1)
+            expected = max(offset, 348) + voxels * bitpix // 8
+            if opener is open:
+                actual = path.stat().st_size
+            else:
+                actual = 348
+                while chunk := stream.read(16 * 2**20):
+                    actual += len(chunk)
+    except (EOFError, OSError, zlib.error) as error:
+        return f"compressed data is damaged ({error})"
+    if actual < expected:
+        return f"file is truncated: {actual} of {expected} bytes"
+    return None
 
 
 def read_volume(path: str | Path) -> Volume:
@@ -115,6 +175,10 @@ def read_volume(path: str | Path) -> Volume:
         else:
             problem = f"is corrupt or unreadable ({_first_line(error)})"
         raise ImageReadError(f"{path}: {problem}") from error
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        problem = _nifti_data_problem(path)
+        if problem:
+            raise ImageReadError(f"{path}: is corrupt or unreadable ({problem})")
     return _from_sitk(image, path)
 
 

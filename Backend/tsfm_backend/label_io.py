@@ -66,7 +66,9 @@ def _segment_metadata(labels: np.ndarray, names: dict[int, str]) -> dict[str, st
     return metadata
 
 
-def write_labels(labels: np.ndarray, reference: Volume, names: dict[int, str], path: str | Path) -> list[Path]:
+def write_labels(
+    labels: np.ndarray, reference: Volume, names: dict[int, str], path: str | Path
+) -> list[Path]:
     """Write (K, J, I) ``labels`` on ``reference``'s grid to ``path`` with the class names.
 
     A path ending in ``.seg.nrrd`` gets a Slicer segmentation (names in the header); any other

@@ -81,7 +81,9 @@ def orientation(volume: Volume, axis_order: str) -> tuple[tuple[int, int, int], 
     # Column c of the direction matrix is the LPS direction of index axis c (I, J, K); array axis a is 2 - a.
     array_axis_dirs = volume.direction_matrix.T[::-1]
     dots = RAS_AXES_LPS @ array_axis_dirs.T  # dots[network axis, array axis]
-    permutation = max(itertools.permutations(range(3)), key=lambda p: sum(abs(dots[a, p[a]]) for a in range(3)))
+    permutation = max(
+        itertools.permutations(range(3)), key=lambda p: sum(abs(dots[a, p[a]]) for a in range(3))
+    )
     flips = tuple(bool(dots[a, permutation[a]] < 0) for a in range(3))
     return tuple(permutation), flips  # type: ignore[return-value]
 
@@ -126,7 +128,9 @@ def network_shape_for(
     """Voxel counts after resampling ``shape`` at ``spacing`` to ``target_spacing`` (mm, same axis order)."""
     if target_spacing is None:
         return tuple(int(n) for n in shape)  # type: ignore[return-value]
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True))  # type: ignore[return-value]
+    return tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing, strict=True)
+    )  # type: ignore[return-value]
 
 
 def normalize(image: torch.Tensor, normalization: dict) -> torch.Tensor:
@@ -146,7 +150,9 @@ def normalize(image: torch.Tensor, normalization: dict) -> torch.Tensor:
     try:
         lower, upper = float(normalization["lower"]), float(normalization["upper"])
     except KeyError as error:
-        raise ValueError(f"normalization scheme {scheme!r} needs 'lower' and 'upper', missing {error}") from None
+        raise ValueError(
+            f"normalization scheme {scheme!r} needs 'lower' and 'upper', missing {error}"
+        ) from None
     if upper <= lower:
         raise ValueError(f"normalization window is empty: lower {lower} >= upper {upper}")
     clipped = image.clamp(lower, upper)
@@ -167,7 +173,10 @@ def resample_linear(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.T
 
 
 def prepare(
-    volume: Volume, card: ModelCard, device: torch.device | str = "cpu", crop_to_body: bool = False,
+    volume: Volume,
+    card: ModelCard,
+    device: torch.device | str = "cpu",
+    crop_to_body: bool = False,
     with_body: bool = True,
 ) -> Prepared:
     """The network input for ``volume`` under ``card``, and the map back to the input grid.
@@ -177,7 +186,9 @@ def prepare(
     voxels above ``body_threshold`` on the same grid (None when ``with_body`` is False).
     """
     if card.in_channels != 1:
-        raise ValueError(f"model {card.id!r} takes {card.in_channels} input channels; automatic segmentation reads one image")
+        raise ValueError(
+            f"model {card.id!r} takes {card.in_channels} input channels; automatic segmentation reads one image"
+        )
     permutation, flips = orientation(volume, card.axis_order)
     spacing = tuple(volume.spacing_kji[a] for a in permutation)
     if crop_to_body:

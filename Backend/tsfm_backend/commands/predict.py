@@ -22,19 +22,31 @@ OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", required=True, help="installed model id or path to a checkpoint")
-    parser.add_argument("-i", "--input", required=True, type=Path, help="image file, DICOM folder or folder of cases")
+    parser.add_argument(
+        "-i", "--input", required=True, type=Path, help="image file, DICOM folder or folder of cases"
+    )
     parser.add_argument("-o", "--output", required=True, type=Path, help="output file (one case) or folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--step", type=float, default=0.5, help="window stride as a fraction of the patch (0.5)")
+    parser.add_argument(
+        "--step", type=float, default=0.5, help="window stride as a fraction of the patch (0.5)"
+    )
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
-    parser.add_argument("--fast", action="store_true", help="argmax on the model grid, then nearest neighbour back")
+    parser.add_argument(
+        "--fast", action="store_true", help="argmax on the model grid, then nearest neighbour back"
+    )
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     parser.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
-    parser.add_argument("--largest-component", action="store_true", help="keep the largest component per class")
-    parser.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed by a class")
-    parser.add_argument("--crop-to-body", action="store_true", help="run only on the bounding box of the body")
     parser.add_argument(
-        "--format", choices=sorted(OUTPUT_FORMATS), default="nii.gz",
+        "--largest-component", action="store_true", help="keep the largest component per class"
+    )
+    parser.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed by a class")
+    parser.add_argument(
+        "--crop-to-body", action="store_true", help="run only on the bounding box of the body"
+    )
+    parser.add_argument(
+        "--format",
+        choices=sorted(OUTPUT_FORMATS),
+        default="nii.gz",
         help="output format when writing into a folder (default nii.gz; seg.nrrd keeps names for Slicer)",
     )
 
@@ -107,8 +119,14 @@ def run(args: argparse.Namespace) -> int:
         log.info("process %d of %d: %d of %d cases", rank, world, len(mine), len(cases))
     loaded = load_model(args.model, device=device)
     options = SegmentOptions(
-        step=args.step, tta=args.tta, batch_size=args.batch, fast=args.fast, amp=not args.no_amp,
-        largest_component=args.largest_component, fill_holes=args.fill_holes, crop_to_body=args.crop_to_body,
+        step=args.step,
+        tta=args.tta,
+        batch_size=args.batch,
+        fast=args.fast,
+        amp=not args.no_amp,
+        largest_component=args.largest_component,
+        fill_holes=args.fill_holes,
+        crop_to_body=args.crop_to_body,
     )
     for number, case in enumerate(mine, start=1):
         target = output_path(case, cases == [args.input], args.output, args.format)

@@ -39,7 +39,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     box = _bounding_box(mask)
     # One voxel of margin so cavities touching the bounding box face stay open to the outside.
     padded = np.pad(mask[box], 1).astype(np.uint8)
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(padded), fullyConnected=False)) > 0
+    filled = (
+        sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(padded), fullyConnected=False)) > 0
+    )
     result = mask.copy()
     result[box] |= filled[1:-1, 1:-1, 1:-1]
     return result

@@ -105,7 +105,9 @@ class InputGridWriter:
         self.output = output
         self.lookup = lookup
         self.labels = np.zeros(grid.source_shape, dtype=dtype)
-        self.lower, self.upper, self.weight = linear_source_weights(grid.source_shape[0], grid.network_shape[0])
+        self.lower, self.upper, self.weight = linear_source_weights(
+            grid.source_shape[0], grid.network_shape[0]
+        )
         self.next_row = 0
         self.tail: torch.Tensor | None = None
         self.tail_start = 0
@@ -118,7 +120,9 @@ class InputGridWriter:
         while stop < len(self.upper) and self.upper[stop] < available:
             stop += 1
         classes, _, height, width = self.tail.shape
-        rows_per_chunk = max(1, RESAMPLE_CHUNK_ELEMENTS // (classes * self.grid.source_shape[1] * self.grid.source_shape[2]))
+        rows_per_chunk = max(
+            1, RESAMPLE_CHUNK_ELEMENTS // (classes * self.grid.source_shape[1] * self.grid.source_shape[2])
+        )
         for start in range(self.next_row, stop, rows_per_chunk):
             end = min(stop, start + rows_per_chunk)
             self.labels[start:end] = self._rows(start, end)
@@ -156,7 +160,9 @@ class NetworkGridWriter:
         self.labels = np.zeros(grid.network_shape, dtype=dtype)
 
     def add(self, z0: int, logits: torch.Tensor) -> None:
-        self.labels[z0 : z0 + logits.shape[1]] = logits_to_labels(logits, self.output, self.lookup).cpu().numpy()
+        self.labels[z0 : z0 + logits.shape[1]] = (
+            logits_to_labels(logits, self.output, self.lookup).cpu().numpy()
+        )
 
     def result(self) -> np.ndarray:
         return labels_to_source(self.labels, self.grid)
@@ -198,7 +204,9 @@ def segment_volume(
     lookup = torch.as_tensor(lookup_np.astype(np.int64), device=device)
 
     with torch.inference_mode():
-        prepared = prepare(volume, card, device, crop_to_body=options.crop_to_body, with_body=options.skip_outside_body)
+        prepared = prepare(
+            volume, card, device, crop_to_body=options.crop_to_body, with_body=options.skip_outside_body
+        )
         grid = prepared.grid
         image, before = pad_to_patch(prepared.image, card.patch_size)
         body = prepared.body
@@ -219,7 +227,9 @@ def segment_volume(
             keep = [r - z0 for r in rows if z_start <= r < z_start + grid.network_shape[0]]
             if not keep:
                 return
-            slab = logits[:, keep[0] : keep[-1] + 1, y0 : y0 + grid.network_shape[1], x0 : x0 + grid.network_shape[2]]
+            slab = logits[
+                :, keep[0] : keep[-1] + 1, y0 : y0 + grid.network_shape[1], x0 : x0 + grid.network_shape[2]
+            ]
             writer.add(z0 + keep[0] - z_start, slab)
 
         predictor = make_predictor(

@@ -92,8 +92,14 @@ def windows_in_body(
     for z, y, x in positions:
         z1, y1, x1 = z + patch[0], y + patch[1], x + patch[2]
         total = (
-            table[z1, y1, x1] - table[z, y1, x1] - table[z1, y, x1] - table[z1, y1, x]
-            + table[z, y, x1] + table[z, y1, x] + table[z1, y, x] - table[z, y, x]
+            table[z1, y1, x1]
+            - table[z, y1, x1]
+            - table[z1, y, x1]
+            - table[z1, y1, x]
+            + table[z, y, x1]
+            + table[z, y1, x]
+            + table[z1, y, x]
+            - table[z, y, x]
         )
         if total > 0:
             kept.append((z, y, x))
@@ -123,7 +129,9 @@ def make_predictor(
     def forward(batch: torch.Tensor) -> torch.Tensor:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             output = network(batch)
         if isinstance(output, (list, tuple)):
             output = output[0]
@@ -204,7 +212,9 @@ def sliding_window(
         if is_cancelled is not None and is_cancelled():
             raise InferenceCancelled(f"cancelled after {done} of {len(batches)} window batches")
         emit(batch[0][0])
-        tiles = torch.stack([image[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch])
+        tiles = torch.stack(
+            [image[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch]
+        )
         logits = predict(tiles)
         for (z, y, x), tile in zip(batch, logits, strict=True):
             rows = slice(z - base, z - base + patch[0])
