@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from tsfm_backend.image_io import ImageReadError, image_stem, read_volume, write_volume
 from tsfm_backend.volume import Volume, VolumeError
 

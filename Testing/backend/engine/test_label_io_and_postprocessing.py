@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.postprocessing import clean_labels, fill_holes, largest_component
 from tsfm_backend.label_io import read_labels, sidecar_path, write_labels
@@ -34,14 +33,20 @@ def test_label_map_with_json_sidecar(tmp_path, reference):
     assert names == {1: "liver", 3: "spleen"}
     np.testing.assert_array_equal(volume.array, labels)
     assert volume.array.dtype == np.uint8
-    assert (volume.spacing, volume.origin, volume.direction) == (reference.spacing, reference.origin, reference.direction)
+    assert (volume.spacing, volume.origin, volume.direction) == (
+        reference.spacing,
+        reference.origin,
+        reference.direction,
+    )
 
 
 def test_seg_nrrd_has_named_segments_for_slicer(tmp_path, reference):
     import slicerio
 
     labels = sample_labels(reference.shape)
-    path = write_labels(labels, reference, {1: "liver", 3: "spleen", 7: "absent"}, tmp_path / "case.seg.nrrd")[0]
+    path = write_labels(
+        labels, reference, {1: "liver", 3: "spleen", 7: "absent"}, tmp_path / "case.seg.nrrd"
+    )[0]
     segmentation = slicerio.read_segmentation(str(path))
     segments = {s["labelValue"]: s["name"] for s in segmentation["segments"]}
     assert segments == {1: "liver", 3: "spleen"}, "one segment per present label, with its name"

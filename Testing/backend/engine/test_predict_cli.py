@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tsfm_backend.cli import main
 from tsfm_backend.commands.predict import distributed_rank, find_cases, shard
 from tsfm_backend.image_io import read_volume, write_volume
@@ -27,12 +26,30 @@ def tiny_model(tmp_path_factory) -> Path:
 def test_predict_one_nifti_end_to_end(tmp_path, shared_data, tiny_model, capsys):
     image = shared_data / "totalseg" / "example_ct_sm.nii.gz"
     output = tmp_path / "labels.nii.gz"
-    code = main(["predict", "--model", str(tiny_model), "-i", str(image), "-o", str(output), "--device", "cpu",
-                 "--batch", "2", "--fast"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(tiny_model),
+            "-i",
+            str(image),
+            "-o",
+            str(output),
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--fast",
+        ]
+    )
     assert code == 0
     labels, source = read_volume(output), read_volume(image)
     assert labels.shape == source.shape and labels.array.dtype == np.uint8
-    assert (labels.spacing, labels.origin, labels.direction) == (source.spacing, source.origin, source.direction)
+    assert (labels.spacing, labels.origin, labels.direction) == (
+        source.spacing,
+        source.origin,
+        source.direction,
+    )
     assert set(np.unique(labels.array)) <= {0, 1, 2}
     assert json.loads((tmp_path / "labels.json").read_text()) == {"labels": {"1": "liver", "2": "spleen"}}
     assert "100%" in capsys.readouterr().err, "a progress bar runs to completion"
@@ -45,8 +62,22 @@ def test_predict_a_folder_of_cases_to_seg_nrrd(tmp_path, shared_data, tiny_model
     write_volume(crop, cases / "a.nii.gz")
     write_volume(crop, cases / "b.nii.gz")
     (cases / "notes.txt").write_text("ignored")
-    code = main(["predict", "-m", str(tiny_model), "-i", str(cases), "-o", str(tmp_path / "out"),
-                 "--device", "cpu", "--fast", "--format", "seg.nrrd"])
+    code = main(
+        [
+            "predict",
+            "-m",
+            str(tiny_model),
+            "-i",
+            str(cases),
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--fast",
+            "--format",
+            "seg.nrrd",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.seg.nrrd", "b.seg.nrrd"]
 
@@ -54,11 +85,39 @@ def test_predict_a_folder_of_cases_to_seg_nrrd(tmp_path, shared_data, tiny_model
 def test_bad_input_exits_2_with_the_file_named(tmp_path, tiny_model, capsys):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
-    code = main(["predict", "-m", str(tiny_model), "-i", str(bad), "-o", str(tmp_path / "o.nii.gz"), "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            "-m",
+            str(tiny_model),
+            "-i",
+            str(bad),
+            "-o",
+            str(tmp_path / "o.nii.gz"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert "broken.nii.gz" in capsys.readouterr().err
-    assert main(["predict", "-m", str(tiny_model), "-i", str(tmp_path), "-o", str(tmp_path / "o"),
-                 "--device", "cpu", "--batch", "0"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "-m",
+                str(tiny_model),
+                "-i",
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+                "--batch",
+                "0",
+            ]
+        )
+        == 2
+    )
 
 
 def test_find_cases(tmp_path, shared_data):

@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.preprocessing import (
     body_bounding_box,
@@ -69,7 +68,9 @@ def test_kji_orientation_keeps_the_array():
     assert orientation(volume, "kji") == ((0, 1, 2), (False, False, False))
 
 
-@pytest.mark.parametrize("permutation,flips", list(itertools.product(itertools.permutations(range(3)), [(0, 1, 0), (1, 1, 1)])))
+@pytest.mark.parametrize(
+    "permutation,flips", list(itertools.product(itertools.permutations(range(3)), [(0, 1, 0), (1, 1, 1)]))
+)
 def test_reorient_round_trip_is_exact(permutation, flips):
     array = np.arange(3 * 4 * 5).reshape(3, 4, 5)
     moved = reorient(array, permutation, tuple(bool(f) for f in flips))
@@ -80,7 +81,9 @@ def test_reorient_round_trip_is_exact(permutation, flips):
 def test_normalisation_schemes():
     image = torch.tensor([-1000.0, -100.0, 0.0, 100.0, 2000.0])
     z = normalize(image, {"scheme": "zscore"})
-    assert float(z.mean()) == pytest.approx(0, abs=1e-6) and float(z.std(correction=0)) == pytest.approx(1, rel=1e-5)
+    assert float(z.mean()) == pytest.approx(0, abs=1e-6) and float(z.std(correction=0)) == pytest.approx(
+        1, rel=1e-5
+    )
     window = normalize(image, {"scheme": "hu_window", "lower": -175, "upper": 250})
     torch.testing.assert_close(window, torch.tensor([0.0, 75 / 425, 175 / 425, 275 / 425, 1.0]))
     ct = normalize(image, {"scheme": "ct_clip_zscore", "lower": -500, "upper": 500, "mean": 50, "std": 100})
@@ -120,7 +123,9 @@ def test_body_bounding_box_of_real_ct(shared_data):
     box = body_bounding_box(array, (3.0, 3.0, 3.0), margin_mm=9.0)
     inside = array[tuple(slice(a, b) for a, b in box)]
     assert (inside > -500).sum() == (array > -500).sum(), "every body voxel stays inside the box"
-    assert box == ((17, 17 + 112 + 6), (17, 17 + 97 + 6), (17, 17 + 122 + 6)), "body extent plus a 3-voxel margin"
+    assert box == ((17, 17 + 112 + 6), (17, 17 + 97 + 6), (17, 17 + 122 + 6)), (
+        "body extent plus a 3-voxel margin"
+    )
 
 
 @pytest.mark.parametrize("axis_order", ["kji", "ras"])
@@ -131,7 +136,9 @@ def test_prepare_and_inverse_are_exact_at_equal_spacing(axis_order, crop):
     array[2:10, 3:12, 4:13] = rng.integers(-200, 300, size=(8, 9, 9))
     direction = DIRECTIONS["oblique_flipped_permuted"]
     volume = Volume(array, (1.0, 1.0, 1.0), (5.0, 6.0, 7.0), tuple(direction.ravel()))
-    prepared = prepare(volume, card(axis_order=axis_order, normalization={"scheme": "none"}), crop_to_body=crop)
+    prepared = prepare(
+        volume, card(axis_order=axis_order, normalization={"scheme": "none"}), crop_to_body=crop
+    )
     grid = prepared.grid
     assert grid.network_shape == grid.source_shape
     labels = (prepared.image[0] > 0).numpy().astype(np.uint8)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.segmenter import SegmentOptions, label_lookup, segment_volume
 from tsfm_backend.inference.sliding_window import InferenceCancelled
@@ -36,8 +35,13 @@ class Threshold(torch.nn.Module):
 
 def threshold_model(**overrides) -> Loaded:
     values = dict(
-        id="threshold", family="stunet", architecture={}, classes={1: "body", 2: "bright"},
-        normalization={"scheme": "none"}, patch_size=(16, 16, 16), spacing=(1.3, 1.7, 2.1),
+        id="threshold",
+        family="stunet",
+        architecture={},
+        classes={1: "body", 2: "bright"},
+        normalization={"scheme": "none"},
+        patch_size=(16, 16, 16),
+        spacing=(1.3, 1.7, 2.1),
     )
     values.update(overrides)
     return Loaded(Threshold(), ModelCard(**values))
@@ -110,7 +114,9 @@ def test_cancel_and_progress_through_segment_volume():
     model = threshold_model(spacing=None)
     seen = []
     with pytest.raises(InferenceCancelled):
-        segment_volume(model, volume, progress=lambda f, m: seen.append(f), is_cancelled=lambda: len(seen) >= 1)
+        segment_volume(
+            model, volume, progress=lambda f, m: seen.append(f), is_cancelled=lambda: len(seen) >= 1
+        )
     assert len(seen) == 1
 
 
@@ -133,10 +139,18 @@ def test_air_outside_the_body_is_background_and_skipped(shared_data):
             calls.append(x.shape[0])
             return torch.cat([torch.zeros_like(x), torch.ones_like(x)], dim=1)
 
-    model = Loaded(Everywhere(), ModelCard(
-        id="everywhere", family="stunet", architecture={}, classes={1: "x"}, patch_size=(16, 32, 32), spacing=None,
-        normalization={"scheme": "zscore"},
-    ))
+    model = Loaded(
+        Everywhere(),
+        ModelCard(
+            id="everywhere",
+            family="stunet",
+            architecture={},
+            classes={1: "x"},
+            patch_size=(16, 32, 32),
+            spacing=None,
+            normalization={"scheme": "zscore"},
+        ),
+    )
     skipped = segment_volume(model, volume, SegmentOptions(skip_outside_body=True)).labels
     skipped_calls, calls[:] = sum(calls), []
     full = segment_volume(model, volume, SegmentOptions(skip_outside_body=False)).labels
@@ -148,10 +162,11 @@ def test_air_outside_the_body_is_background_and_skipped(shared_data):
 
 def test_real_tiny_stunet_on_real_ct_with_postprocessing(tmp_path, shared_data):
     from support.tiny_models import save_tiny_model
-
     from tsfm_backend.checkpoints import load_model
 
-    folder = save_tiny_model(tmp_path / "m", classes={1: "a", 2: "b"}, patch_size=(32, 64, 64), spacing=(3.0, 3.0, 3.0))
+    folder = save_tiny_model(
+        tmp_path / "m", classes={1: "a", 2: "b"}, patch_size=(32, 64, 64), spacing=(3.0, 3.0, 3.0)
+    )
     loaded = load_model(folder)
     volume = read_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     plain = segment_volume(loaded, volume, SegmentOptions(step=0.5, batch_size=2))

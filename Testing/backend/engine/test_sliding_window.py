@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from tsfm_backend.inference.sliding_window import (
     InferenceCancelled,
     gaussian_importance_map,
@@ -26,7 +25,9 @@ def small_net(in_channels: int = 1, classes: int = 3, seed: int = 0) -> torch.nn
     """A position-independent network (padding keeps it local) with random weights."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv3d(in_channels, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, classes, 3, padding=1)
+        torch.nn.Conv3d(in_channels, 4, 3, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.Conv3d(4, classes, 3, padding=1),
     ).eval()
 
 
@@ -43,7 +44,9 @@ def naive_full_accumulation(net, image, patch, step, classes):
     return scores / weights
 
 
-@pytest.mark.parametrize("size,patch,step", [(100, 32, 0.5), (32, 32, 0.5), (33, 32, 0.5), (200, 64, 0.25), (97, 13, 1.0)])
+@pytest.mark.parametrize(
+    "size,patch,step", [(100, 32, 0.5), (32, 32, 0.5), (33, 32, 0.5), (200, 64, 0.25), (97, 13, 1.0)]
+)
 def test_window_starts_cover_the_axis_evenly(size, patch, step):
     starts = window_starts(size, patch, step)
     assert starts[0] == 0 and starts[-1] == size - patch
@@ -100,8 +103,13 @@ def test_slab_wise_accumulation_equals_full_accumulation(batch_size, step):
     with torch.no_grad():
         expected = naive_full_accumulation(net, image, patch, step, 3)
         sliding_window(
-            make_predictor(net), image, patch, 3, lambda z0, s: slabs.append((z0, s.clone())),
-            step=step, batch_size=batch_size,
+            make_predictor(net),
+            image,
+            patch,
+            3,
+            lambda z0, s: slabs.append((z0, s.clone())),
+            step=step,
+            batch_size=batch_size,
         )
     # Slabs arrive in order, cover every row once, and never hold the whole depth at once.
     rows = [z0 + r for z0, s in slabs for r in range(s.shape[1])]
@@ -149,8 +157,13 @@ def test_cancel_raises_within_one_batch_and_progress_is_reported():
 
     with torch.no_grad(), pytest.raises(InferenceCancelled):
         sliding_window(
-            predict, image, (16, 16, 16), 3, lambda *_: None,
-            progress=lambda f, m: seen.append(f), is_cancelled=lambda: len(seen) >= 2,
+            predict,
+            image,
+            (16, 16, 16),
+            3,
+            lambda *_: None,
+            progress=lambda f, m: seen.append(f),
+            is_cancelled=lambda: len(seen) >= 2,
         )
     assert len(batches_run) == 2, "the cancel check runs before every batch"
     assert seen == sorted(seen) and 0 < seen[-1] < 1
@@ -159,14 +172,21 @@ def test_cancel_raises_within_one_batch_and_progress_is_reported():
 def test_progress_reaches_one():
     seen = []
     with torch.no_grad():
-        sliding_window_logits(make_predictor(small_net()), torch.randn(1, 40, 16, 16), (16, 16, 16), 3,
-                              progress=lambda f, m: seen.append(f))
+        sliding_window_logits(
+            make_predictor(small_net()),
+            torch.randn(1, 40, 16, 16),
+            (16, 16, 16),
+            3,
+            progress=lambda f, m: seen.append(f),
+        )
     assert seen[-1] == 1.0 and seen == sorted(seen)
 
 
 def test_mirroring_covers_every_flip_and_is_exact_for_a_flip_invariant_network():
     assert len(mirror_combinations((0, 1, 2))) == 8
-    assert set(mirror_combinations((0, 1, 2))) == {c for r in range(4) for c in itertools.combinations((2, 3, 4), r)}
+    assert set(mirror_combinations((0, 1, 2))) == {
+        c for r in range(4) for c in itertools.combinations((2, 3, 4), r)
+    }
 
     class Pointwise(torch.nn.Module):
         def forward(self, x):
@@ -178,7 +198,9 @@ def test_mirroring_covers_every_flip_and_is_exact_for_a_flip_invariant_network()
     net = small_net()
     with torch.no_grad():
         mirrored = make_predictor(net, (2,))(batch)
-        torch.testing.assert_close(mirrored, torch.flip(make_predictor(net, (2,))(torch.flip(batch, (4,))), (4,)))
+        torch.testing.assert_close(
+            mirrored, torch.flip(make_predictor(net, (2,))(torch.flip(batch, (4,))), (4,))
+        )
         assert not torch.allclose(mirrored, make_predictor(net)(batch))
 
 
