@@ -33,10 +33,11 @@ def point_interaction(geometry: ImageGeometry, ras: tuple[float, float, float], 
 
 def roi_corners_world(roi_node: slicer.vtkMRMLMarkupsROINode) -> np.ndarray:
     """(8, 3) world RAS corners of a (possibly rotated, possibly transformed) ROI box."""
-    radius = np.array(roi_node.GetRadiusXYZ())
+    radius = [0.0, 0.0, 0.0]
+    roi_node.GetRadiusXYZ(radius)
     object_to_node = vtk_matrix_to_numpy(roi_node.GetObjectToNodeMatrix())
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
-    corners = np.c_[signs * radius, np.ones(8)]
+    corners = np.c_[signs * np.array(radius), np.ones(8)]
     return (node_to_world(roi_node) @ object_to_node @ corners.T).T[:, :3]
 
 
