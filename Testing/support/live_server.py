@@ -85,3 +85,30 @@ def backend_app(model_paths: list[Path], **settings_overrides):  # noqa: ANN201 
     device = torch.device("cpu")
     services = Services.start(settings, ModelRegistry.load([str(p) for p in model_paths], device), device)
     return make_app(settings, services), services
+
+
+def save_click_model(directory: Path, *, model_id: str = "tiny-click", preset: str = "tiny",
+                     patch_size: tuple[int, int, int] = (32, 64, 64), seed: int = 0) -> Path:
+    """A random click-conditioned U-Net (promptable) saved in our format; returns its folder."""
+    import torch
+    from tsfm_backend.checkpoints import save_model
+    from tsfm_backend.model_card import ModelCard
+    from tsfm_backend.models import build_network
+
+    card = ModelCard(
+        id=model_id, family="click_unet", architecture={"preset": preset}, kind="promptable",
+        classes={1: "object"}, spacing=None, output="sigmoid", patch_size=patch_size,
+        normalization={"scheme": "ct_clip_zscore", "lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std": 300.0},
+        license="Apache-2.0", provenance={"source": "random weights for tests"},
+        description="Random click U-Net for server tests.",
+    )
+    torch.manual_seed(seed)
+    return save_model(build_network(card), card, directory)
+
+
+def read_ct(path: Path):  # noqa: ANN201 - (array KJI, spacing IJK, origin LPS, direction 9)
+    """A CT as the module sends it: voxels (K, J, I) and ITK geometry."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection()

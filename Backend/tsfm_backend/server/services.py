@@ -185,10 +185,8 @@ class Services:
         prompt = self._engine_interaction(request.interaction) if request.interaction else None
 
         def apply(engine: Any) -> MaskCrop:
-            engine.set_mask(request.object_id, seed)
-            if prompt is not None:
-                return as_crop(engine.interact(prompt))
-            return _bbox_crop(request.object_id, engine.mask(request.object_id))
+            seeded = engine.set_mask(request.object_id, seed)
+            return as_crop(engine.interact(prompt)) if prompt is not None else as_crop(seeded)
 
         return self._on_session(session_id, apply)
 
@@ -249,14 +247,3 @@ def _image_info(image_id: str, volume: Volume, existed: bool) -> schemas.ImageIn
     return schemas.ImageInfo(image_id=image_id, exists=existed, dtype=volume.array.dtype.name, shape=volume.shape,
                              spacing=volume.spacing, origin=volume.origin, direction=volume.direction)
 
-
-def _bbox_crop(object_id: int, mask: np.ndarray) -> MaskCrop:
-    """The bounding box of a whole mask's voxels as a crop (an empty crop at the origin when it is empty)."""
-    mask = np.asarray(mask, dtype=np.uint8)
-    nonzero = np.nonzero(mask)
-    if not nonzero[0].size:
-        return MaskCrop(object_id, (0, 0, 0), np.zeros((0, 0, 0), np.uint8))
-    low = [int(axis.min()) for axis in nonzero]
-    high = [int(axis.max()) + 1 for axis in nonzero]
-    crop = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
-    return MaskCrop(object_id, (low[0], low[1], low[2]), np.ascontiguousarray(crop))
