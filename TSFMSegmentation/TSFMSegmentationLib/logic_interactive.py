@@ -9,7 +9,8 @@ after overwrite and masking).
 The segment, not the server, is the truth: before each prompt the segment's voxel checksum is compared
 with the one after the last model write, and when they differ (undo, redo, reset, a Segment Editor
 touch-up) the server's object is re-seeded from the segment's current voxels. When the server lets
-the session expire (410), a new session is opened the same way and the prompt is sent again.
+the session expire (410) or forgets it (404 after a restart), a new session is opened the same way
+and the prompt is sent again.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class InteractiveEditor:
         return self.session_id
 
     def _reopen(self) -> None:
-        """A new session; each object is re-seeded from its segment before its next prompt."""
+        """A new session (image sent again if the server lost it, e.g. after a restart); each object
+        is re-seeded from its segment before its next prompt."""
+        payload = image_payload(self.volume_node)
+        self.image_id = self.client.upload_image(payload.array, payload.spacing, payload.origin, payload.direction)
         self.session_id = self.client.create_session(self.image_id, self.model)
         self._synced.clear()
 
@@ -101,7 +105,7 @@ class InteractiveEditor:
         """Keep the session alive while the user looks (the widget calls this from a timer)."""
         try:
             return self.client.heartbeat(self.session_id)
-        except SessionExpired:
+        except (SessionExpired, NotFound):
             self._reopen()
             return self.client.heartbeat(self.session_id)
 
@@ -154,7 +158,7 @@ class InteractiveEditor:
         try:
             self._sync_object()
             origin, mask = self.client.interact(self.session_id, interaction)
-        except SessionExpired:
+        except (SessionExpired, NotFound):
             self._reopen()
             self._sync_object()
             origin, mask = self.client.interact(self.session_id, interaction)
@@ -202,7 +206,7 @@ class InteractiveEditor:
         self._redo[self.segment_id] = []
         try:
             self.client.reset_session(self.session_id, self.object_id)
-        except SessionExpired:
+        except (SessionExpired, NotFound):
             self._reopen()
         self._synced.pop(self.segment_id, None)
         return change

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,41 +11,7 @@ from support.mini_slicer import add_parent_transform, make_oblique, rotation
 
 pytestmark = [pytest.mark.slicer, pytest.mark.slow]
 
-CLASSES = {1: "liver", 2: "spleen", 3: "kidney_left"}
-
-
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from support.tiny_models import save_tiny_model
-
-    home = tmp_path_factory.mktemp("served_home")
-    save_tiny_model(home / "models" / "tiny-organs", model_id="tiny-organs", classes=CLASSES,
-                    spacing=(3.0, 3.0, 3.0))
-    return home
-
-
-@pytest.fixture(scope="module")
-def local_backend(model_home: Path) -> Iterator[object]:
-    """A local server started by the module's own launcher, on a free loopback port."""
-    mini_slicer.install_stand_ins()
-    from TSFMSegmentationLib.backend_process import LocalBackend
-
-    backend = LocalBackend(python=sys.executable, device="cpu", extra_args=["--models", "tiny-organs"],
-                           env={"TSFM_HOME": str(model_home), "OMP_NUM_THREADS": "1"})
-    backend.start(timeout_s=120)
-    yield backend
-    backend.stop()
-    assert not backend.is_running()
-
-
-@pytest.fixture
-def logic(mini, local_backend):  # noqa: ANN001, ANN201
-    from TSFMSegmentation import TSFMSegmentationLogic
-
-    logic = TSFMSegmentationLogic()
-    logic.connectRemote(local_backend.url)  # loopback: no upload confirmation needed
-    yield logic
-    logic.connection.client.close()
+CLASSES = {1: "liver", 2: "spleen", 3: "kidney_left"}  # the classes of the suite's "tiny-organs" model
 
 
 def test_module_logic_reports_device_and_models(logic) -> None:  # noqa: ANN001
@@ -55,8 +19,8 @@ def test_module_logic_reports_device_and_models(logic) -> None:  # noqa: ANN001
     assert summary.startswith("CPU") and "torch" in summary
     assert "CPU" in warning
     models = logic.models()
-    assert [m["id"] for m in models] == ["tiny-organs"]
-    assert logic.models(kind="promptable") == []
+    assert sorted(m["id"] for m in models) == ["tiny-click", "tiny-organs"]
+    assert [m["id"] for m in logic.models(kind="promptable")] == ["tiny-click"]
 
 
 def test_automatic_round_trip_on_oblique_transformed_ct_is_exact(logic, small_ct_path: Path) -> None:  # noqa: ANN001

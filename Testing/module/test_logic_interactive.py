@@ -1,0 +1,142 @@
+"""Interactive editing from the module's Logic against the real server: clicks from world RAS on an
+oblique, transformed CT; each answer lands in place in the current segment; undo/redo; objects;
+a lost session is reopened and re-seeded from the segment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import mini_slicer
+from support.mini_slicer import add_parent_transform, make_oblique, rotation
+
+pytestmark = [pytest.mark.slicer, pytest.mark.slow]
+
+
+class RecordingClient:
+    """The real client, keeping each interaction it sent and the crop the server answered."""
+
+    def __init__(self, client) -> None:  # noqa: ANN001
+        self._client = client
+        self.sent: list[tuple[dict | None, bool]] = []
+        self.answers: list[tuple[tuple[int, int, int], np.ndarray]] = []
+
+    def interact(self, session_id: str, interaction, mask=None, object_id: int = 1):  # noqa: ANN001, ANN201
+        answer = self._client.interact(session_id, interaction, mask=mask, object_id=object_id)
+        self.sent.append((interaction, mask is not None))
+        self.answers.append(answer)
+        return answer
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._client, name)
+
+
+def segment_voxels(editor, segment_id: str | None = None) -> np.ndarray:  # noqa: ANN001
+    import slicer
+
+    return slicer.util.arrayFromSegmentBinaryLabelmap(
+        editor.segmentation_node, segment_id or editor.segment_id, editor.volume_node) > 0
+
+
+def world_of(volume, kji) -> tuple[float, float, float]:  # noqa: ANN001
+    from TSFMSegmentationLib.volumes import image_geometry
+
+    return tuple(image_geometry(volume).ijk_to_world_points([[kji[2], kji[1], kji[0]]])[0])
+
+
+@pytest.fixture
+def editing(logic, small_ct_path: Path):  # noqa: ANN001, ANN201
+    volume = mini_slicer.load_volume(small_ct_path, "abdomen")
+    make_oblique(volume, 25.0)
+    add_parent_transform(volume, rotation("z", -35.0))
+    recorder = RecordingClient(logic.connection.client)
+    logic.connection.client = recorder
+    editor = logic.startInteractive(volume, "tiny-click")
+    return logic, editor, recorder, volume
+
+
+def test_each_click_writes_the_answer_crop_in_place_and_undoes(editing) -> None:  # noqa: ANN001
+    logic, editor, recorder, volume = editing
+    assert editor.segmentation_node.GetTransformNodeID() == volume.GetTransformNodeID()
+    expected = np.zeros((30, 101, 122), bool)
+    states = [expected.copy()]
+    for kji, positive in [((15, 50, 60), True), ((12, 40, 70), True), ((15, 52, 62), False)]:
+        logic.addPoint(world_of(volume, kji), positive=positive)
+        interaction, _ = recorder.sent[-1]
+        assert interaction["point"] == list(kji) and interaction["positive"] is positive
+        (k, j, i), crop = recorder.answers[-1]
+        expected[k:k + crop.shape[0], j:j + crop.shape[1], i:i + crop.shape[2]] = crop > 0
+        np.testing.assert_array_equal(segment_voxels(editor), expected)
+        states.append(expected.copy())
+
+    assert logic.undo()
+    np.testing.assert_array_equal(segment_voxels(editor), states[2])
+    assert logic.undo()
+    np.testing.assert_array_equal(segment_voxels(editor), states[1])
+    assert logic.redo()
+    np.testing.assert_array_equal(segment_voxels(editor), states[2])
+
+    # After undo the server is re-seeded with the segment's voxels before the next click.
+    logic.addPoint(world_of(volume, (16, 55, 58)), positive=True)
+    assert [seeded for _, seeded in recorder.sent[-2:]] == [True, False]
+
+
+def test_next_segment_is_a_separate_object_and_reset_is_undoable(editing) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import provenance
+
+    logic, editor, recorder, volume = editing
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    first_segment, first = editor.segment_id, segment_voxels(editor)
+    second_segment = logic.nextSegment("lesion")
+    logic.addPoint(world_of(volume, (10, 30, 30)))
+    assert recorder.sent[-1][0]["object_id"] == 2
+    second = segment_voxels(editor)
+    assert second.any()
+    # Segment Editor's default overwrites other segments: the first keeps all but the second's voxels.
+    np.testing.assert_array_equal(segment_voxels(editor, first_segment), first & ~second)
+    record = provenance.describe(editor.segmentation_node, second_segment, volume)
+    assert record["model"] == "tiny-click" and record["source"] == "interactive" and len(record["prompts"]) == 1
+
+    before_reset = segment_voxels(editor)
+    logic.resetSegment()
+    assert not segment_voxels(editor).any()
+    assert logic.undo()
+    np.testing.assert_array_equal(segment_voxels(editor), before_reset)
+
+
+def test_lost_session_is_reopened_and_reseeded(editing) -> None:  # noqa: ANN001
+    logic, editor, recorder, volume = editing
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    old_session = editor.session_id
+    recorder._client.close_session(old_session)  # as if the server had restarted or expired it
+    logic.addPoint(world_of(volume, (14, 48, 58)))
+    assert editor.session_id != old_session
+    assert [seeded for _, seeded in recorder.sent[-2:]] == [True, False]
+
+
+def test_click_outside_the_volume_is_refused_before_sending(editing) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.volumes import PromptOutsideVolume
+
+    logic, editor, recorder, volume = editing
+    with pytest.raises(PromptOutsideVolume, match="outside the volume"):
+        logic.addPoint(world_of(volume, (40, 50, 60)))
+    assert recorder.sent == []
+
+
+def test_interaction_honours_segment_editor_masking(editing) -> None:  # noqa: ANN001
+    import slicer
+    from TSFMSegmentationLib.segments import add_empty_segment, apply_crop
+
+    logic, editor, recorder, volume = editing
+    locked = add_empty_segment(editor.segmentation_node, "bone")
+    apply_crop(editor.segmentation_node, locked, volume, (0, 0, 0), np.ones((30, 101, 61), np.uint8))
+    logic.segmentEditorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    logic.segmentEditorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+    logic.addPoint(world_of(volume, (15, 50, 61)))
+    result = segment_voxels(editor)
+    assert not result[:, :, :61].any()  # nothing written where painting is not allowed
+    (k, j, i), crop = recorder.answers[-1]
+    answered = np.zeros_like(result)
+    answered[k:k + crop.shape[0], j:j + crop.shape[1], i:i + crop.shape[2]] = crop > 0
+    np.testing.assert_array_equal(result[:, :, 61:], answered[:, :, 61:])
