@@ -43,6 +43,9 @@ PATH_FORMATS: dict[str, str] = {
 # with matches(checkpoint) and from_checkpoint(checkpoint, path, model_id).
 CONTENT_FORMATS: dict[str, str] = {
     "nnunet_v2": "tsfm_backend.formats.nnunet_v2",
+    "pymic": "tsfm_backend.formats.pymic",
+    "suprem": "tsfm_backend.formats.suprem",
+    "sam3d": "tsfm_backend.formats.sam3d",
 }
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".model", ".bin")
 
@@ -160,15 +163,22 @@ def import_model(
     *,
     license: str | None = None,
     provenance: dict | None = None,
+    architecture: dict | None = None,
     overwrite: bool = False,
 ) -> tuple[ModelCard, Path, str]:
     """Convert any supported checkpoint into our format under ``$TSFM_HOME/models/<id>``.
 
     The weights are checked against the architecture before anything is written. ``license`` and
-    ``provenance`` (merged into the card's) record where the file came from. Returns (card, folder,
-    source format). An id that is already installed is refused unless ``overwrite``.
+    ``provenance`` (merged into the card's) record where the file came from. ``architecture`` overrides
+    constructor kwargs the weights cannot tell (e.g. PCT-Net's ``input_size``, which also becomes the
+    patch size). Returns (card, folder, source format). An installed id is refused unless ``overwrite``.
     """
     state_dict, card, fmt = read_checkpoint(source, model_id)
+    if architecture:
+        card.architecture = {**card.architecture, **architecture}
+        if "input_size" in architecture:
+            card.patch_size = tuple(int(s) for s in architecture["input_size"])
+        card.validate()
     if license is not None:
         card.license = license
     card.provenance = {**card.provenance, **(provenance or {})}

@@ -11,7 +11,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="checkpoint file or model folder")
     parser.add_argument("--id", dest="model_id", help="model id in the store (default: from the file)")
     parser.add_argument("--license", help="license of the weights, recorded in the model card")
+    parser.add_argument("--arch", action="append", default=[], metavar="KEY=JSON",
+                        help="set an architecture argument the weights cannot tell, e.g. input_size=[64,128,128]")
     parser.add_argument("--force", action="store_true", help="replace an installed model with the same id")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["input_size=[64,128,128]"]`` -> ``{"input_size": [64, 128, 128]}`` (values are JSON, else text)."""
+    import json
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arch {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def describe(card, fmt: str) -> list[str]:
@@ -38,7 +56,8 @@ def describe(card, fmt: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tsfm_backend.checkpoints import import_model
 
-    card, folder, fmt = import_model(args.file, args.model_id, license=args.license, overwrite=args.force)
+    card, folder, fmt = import_model(args.file, args.model_id, license=args.license,
+                                     architecture=parse_overrides(args.arch), overwrite=args.force)
     print(f"imported {card.id!r} into {folder}")
     for line in describe(card, fmt):
         print("  " + line)
