@@ -222,6 +222,8 @@ def fit(
     """
     from tsfm_backend.device import resolve_device
 
+    from tsfm_training.distributed import all_ranks_agree
+
     device = resolve_device(config.device)
     main = _is_main_process()
     if device.type == "cpu" and main:
@@ -239,8 +241,7 @@ def fit(
     seed_everything(config.seed)
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        _load_model_and_optimizer(model, network, optimizer, state)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if hasattr(batches, "load_state_dict") and "batches" in state:
@@ -254,11 +255,13 @@ def fit(
     bar = _progress_bar(start, config) if main else None
 
     def checkpoint(step: int) -> None:
+        # Sharded (FSDP) states are gathered by every rank together; only rank 0 writes.
+        model_state, optimizer_state = _model_and_optimizer_state(model, network, optimizer)
         if not main:
             return
         state = {
             "step": step, "skipped_steps": skipped, "validation": validation,
-            "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model_state, "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
         }
@@ -280,7 +283,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
                 loss = loss_fn(model, batch)
-            finite = bool(torch.isfinite(loss.detach()).all())
+            # Every rank must take (or skip) the same step, or the gradient all-reduce would hang.
+            finite = all_ranks_agree(bool(torch.isfinite(loss.detach()).all()), device)
             grad_norm = float("nan")
             if finite:
                 scaler.scale(loss).backward()
@@ -289,7 +293,7 @@ def fit(
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups for p in g["params"]], clip))
                 # The scaler skips fp16 overflow steps itself; without it a non-finite gradient is our job.
-                finite = use_scaler or math.isfinite(grad_norm)
+                finite = use_scaler or all_ranks_agree(math.isfinite(grad_norm), device)
             if finite:
                 scaler.step(optimizer)
                 scaler.update()
@@ -346,6 +350,42 @@ def fit(
         "seconds": time.perf_counter() - started,
         "checkpoint": str(checkpoint_path),
     }
+
+
+def _model_and_optimizer_state(model: nn.Module, network: nn.Module,
+                               optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimiser states; for FSDP a collective call on every rank."""
+    from tsfm_training.distributed import is_sharded
+
+    if not is_sharded(network):
+        return network.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_model_and_optimizer(model: nn.Module, network: nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict[str, Any]) -> None:
+    from tsfm_training.distributed import is_sharded
+
+    if not is_sharded(network):
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
 
 
 def _summary_writer(output_dir: Path, start: int):

@@ -23,11 +23,13 @@ class PatchBatches:
     """Iterator of ``{"image": (B, C, Z, Y, X) float32, "label": (B, 1, Z, Y, X) int64[, "annotated": (B, C')]}``.
 
     ``make_sample(case, rng)`` returns one element's ``image`` (C, Z, Y, X) and ``label`` (1, Z, Y, X);
-    ``annotated`` per case (bool vectors) is added when given, for the partial-label loss.
+    ``annotated`` per case (bool vectors) is added when given, for the partial-label loss. ``stream``
+    separates the draws of distributed ranks (pass the rank).
     """
 
     def __init__(self, cases: Sequence[PreparedCase], make_sample: SampleFn, batch_size: int = 2, seed: int = 0,
-                 weights: Sequence[float] | None = None, annotated: Sequence[np.ndarray] | None = None) -> None:
+                 weights: Sequence[float] | None = None, annotated: Sequence[np.ndarray] | None = None,
+                 stream: int = 0) -> None:
         if not cases:
             raise ValueError("no training cases to sample from")
         if batch_size < 1:
@@ -41,6 +43,7 @@ class PatchBatches:
             raise ValueError(f"weights must be {len(cases)} non-negative numbers with a positive sum")
         self.probabilities = probabilities / probabilities.sum()
         self.annotated = list(annotated) if annotated is not None else None
+        self.stream = int(stream)
         self.step = 0
 
     def __iter__(self) -> PatchBatches:
@@ -53,7 +56,7 @@ class PatchBatches:
         return batch
 
     def element(self, step: int, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, step, index])
+        rng = np.random.default_rng([self.seed, step, index] + ([self.stream] if self.stream else []))
         which = int(rng.choice(len(self.cases), p=self.probabilities))
         sample = self.make_sample(self.cases[which], rng)
         element = {"image": _tensor(sample["image"], torch.float32), "label": _tensor(sample["label"], torch.int64)}

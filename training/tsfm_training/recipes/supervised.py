@@ -13,6 +13,7 @@ Config sections:
   plus the loss's settings.
 - ``loop``: ``LoopConfig`` fields (``output_dir`` is set from the top level).
 - ``evaluate``: ``tolerance_mm``, ``step`` (sliding-window overlap), or ``false`` to skip.
+- ``distributed`` (under torchrun): ``strategy`` ddp | fsdp | none, ``activation_checkpointing``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tsfm_training.config import ConfigError, section
 log = logging.getLogger(__name__)
 
 
-def prepare_training_data(config: dict[str, Any], card, output_dir: Path, partial: bool = False):
+def prepare_training_data(config: dict[str, Any], card, output_dir: Path, partial: bool = False,
+                          stream: int = 0):
     """(PatchBatches over the training cases, validation cases, pool) from the ``data`` section."""
     from tsfm_training.data.datasets import dataset_from_config
     from tsfm_training.data.pool import DatasetPool
@@ -69,7 +71,7 @@ def prepare_training_data(config: dict[str, Any], card, output_dir: Path, partia
                                      data.get("augmentation"))
     annotated = [pool.annotated_vector(i) for i in train_index] if partial else None
     batches = PatchBatches(prepared, patch_sample_fn(transforms), int(data.get("batch_size", 2)),
-                           int(section(config, "loop").get("seed", 0)), weights, annotated)
+                           int(section(config, "loop").get("seed", 0)), weights, annotated, stream)
     log.info("training on %d cases, %d held out for validation", len(prepared), len(validation))
     return batches, validation, pool
 
@@ -94,7 +96,7 @@ def build_loss(objective: dict[str, Any], card):
 
 
 def initialise(network, card, init: dict[str, Any]):
-    """Load pretrained weights and choose the trainable parameters; returns (parameters, report)."""
+    """Load pretrained weights and set ``requires_grad`` by the mode; returns (trainable parameters, report)."""
     from tsfm_training.finetune import apply_mode, load_pretrained
     from tsfm_training.networks import family_of
 
@@ -133,6 +135,7 @@ def finish(network, card, output_dir: Path, validation, config: dict[str, Any], 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from tsfm_training import distributed
     from tsfm_training.loop import LoopConfig, fit
     from tsfm_training.networks import card_from_config, training_network
 
@@ -143,12 +146,33 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     objective = section(config, "objective", required=False)
     partial = objective.get("name") == "partial_label"
     loop = LoopConfig.from_dict({**section(config, "loop"), "output_dir": output_dir / "train"})
-    batches, validation, _ = prepare_training_data(config, card, output_dir, partial)
+    parallel = section(config, "distributed", required=False)
+    info = distributed.setup(loop.device)
+    loop.device = info.device
+    batches, validation, _ = prepare_training_data(config, card, output_dir, partial, stream=info.rank)
     network = training_network(card, deep_supervision=bool(objective.get("deep_supervision", True)))
-    parameters, init_report = initialise(network, card, section(config, "init", required=False))
-    result = fit(network, batches, build_loss(objective, card), loop, parameters=parameters)
+    _, init_report = initialise(network, card, section(config, "init", required=False))
+    network = distributed.wrap(network, info, parallel.get("strategy", "ddp"),
+                               bool(parallel.get("activation_checkpointing", False)))
+    # fit optimises what requires_grad after the fine-tuning mode (FSDP replaces the parameter objects).
+    result = fit(network, batches, build_loss(objective, card), loop)
+    if not info.is_main:
+        distributed.cleanup()
+        return {"rank": info.rank, "train": result}
     provenance = {"recipe": "supervised", "steps": loop.steps, "init": init_report,
                   "training_cases": len(batches.cases), "validation_cases": [c.case_id for c in validation]}
-    model_dir, summary = finish(network, card, output_dir, validation, config, provenance)
+    trained = trained_network(card, Path(result["checkpoint"]))
+    model_dir, summary = finish(trained, card, output_dir, validation, config, provenance)
+    distributed.cleanup()
     return {"output_dir": str(output_dir), "model": str(model_dir), "train": result, "init": init_report,
             "evaluation": summary}
+
+
+def trained_network(card, checkpoint: Path):
+    """The card's network with the final weights of ``checkpoint`` (``last.pt``; full, unsharded state)."""
+    from tsfm_training.export import state_dict_from_file
+    from tsfm_training.networks import training_network
+
+    network = training_network(card)
+    network.load_state_dict(state_dict_from_file(checkpoint))
+    return network.eval()

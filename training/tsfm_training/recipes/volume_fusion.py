@@ -23,6 +23,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
+    from tsfm_training import distributed
     from tsfm_training.data.datasets import dataset_from_config
     from tsfm_training.data.preprocess import CaseCache, Preprocessing
     from tsfm_training.data.sampler import PatchBatches, volume_fusion_sample_fn
@@ -31,6 +32,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     from tsfm_training.networks import card_from_config, training_network
     from tsfm_training.objectives.supervised import supervised_loss_fn
     from tsfm_training.objectives.volume_fusion import VolumeFusionSettings, volume_fusion_criterion
+    from tsfm_training.recipes.supervised import trained_network
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -54,12 +56,22 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     preprocessing = Preprocessing.from_card(card)
     prepared = [cache.get(c, preprocessing) for c in cases]
     loop = LoopConfig.from_dict({**section(config, "loop"), "output_dir": output_dir / "train"})
-    batches = PatchBatches(prepared, volume_fusion_sample_fn(settings), int(data.get("batch_size", 2)), loop.seed)
+    parallel = section(config, "distributed", required=False)
+    info = distributed.setup(loop.device)
+    loop.device = info.device
+    batches = PatchBatches(prepared, volume_fusion_sample_fn(settings), int(data.get("batch_size", 2)), loop.seed,
+                           stream=info.rank)
     log.info("Volume Fusion pretraining on %d volumes", len(prepared))
 
     network = training_network(card, deep_supervision=deep_supervision)
+    network = distributed.wrap(network, info, parallel.get("strategy", "ddp"),
+                               bool(parallel.get("activation_checkpointing", False)))
     result = fit(network, batches, supervised_loss_fn(volume_fusion_criterion()), loop)
+    if not info.is_main:
+        distributed.cleanup()
+        return {"rank": info.rank, "train": result}
     card = dataclasses.replace(card, provenance={**card.provenance, "recipe": "volume_fusion",
                                                  "steps": loop.steps, "pretraining_cases": len(prepared)})
-    model_dir = export_model(network, card, output_dir / "model")
+    model_dir = export_model(trained_network(card, Path(result["checkpoint"])), card, output_dir / "model")
+    distributed.cleanup()
     return {"output_dir": str(output_dir), "model": str(model_dir), "train": result}

@@ -1,0 +1,132 @@
+"""Multi-process training under ``torchrun``: one process per GPU (or CPU slot), on one or many nodes.
+
+``torchrun --nnodes N --nproc_per_node G -m tsfm_training.cli run CONFIG.yaml`` sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous; ``setup`` joins the process group (NCCL on CUDA,
+gloo on the CPU) and ``wrap`` returns the network ready for ``loop.fit``:
+
+- ``ddp``: DistributedDataParallel; gradients are averaged, so every rank keeps identical weights.
+- ``fsdp``: parameters, gradients and optimiser state sharded over the ranks (``fully_shard``), for the
+  1B+ presets (STU-Net H, TSFM) that do not fit one GPU with their optimiser state.
+- ``activation_checkpointing``: recompute each stage (every element of the network's top-level
+  ``ModuleList``s) in the backward pass instead of storing its activations; weight names are unchanged.
+
+Each rank draws its own batches (``PatchBatches(stream=rank)``); only rank 0 writes checkpoints, logs,
+exports and evaluates (``loop.fit`` checks the rank itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("none", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node, its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "auto"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    elif device == "auto":
+        device = "cpu"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if rank == 0:
+        log.info("distributed training: %d processes (%s)", world_size, "nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def enable_activation_checkpointing(network: nn.Module) -> int:
+    """Recompute every stage of ``network`` in the backward pass; returns how many modules were wrapped.
+
+    A stage is an element of one of the network's top-level ``nn.ModuleList``s (encoder and decoder stages
+    in STU-Net, TSFM and PCT-Net). The module's ``forward`` is wrapped in place, so state_dict names stay.
+    """
+    wrapped = 0
+    for child in network.children():
+        if isinstance(child, nn.ModuleList):
+            for stage in child:
+                if any(p.requires_grad for p in stage.parameters()):
+                    stage.forward = functools.partial(_checkpointed, stage.forward)
+                    wrapped += 1
+    return wrapped
+
+
+def _checkpointed(forward, *args, **kwargs):
+    if torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp",
+         activation_checkpointing: bool = False) -> nn.Module:
+    """The network on this rank's device, wrapped for ``strategy`` (a no-op for one process)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed strategy {strategy!r} is not one of {STRATEGIES}")
+    if activation_checkpointing:
+        log.info("activation checkpointing on %d stages", enable_activation_checkpointing(network))
+    if not info.enabled or strategy == "none":
+        return network
+    device = torch.device(info.device)
+    network.to(device)
+    if strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(network, device_ids=ids)
+    from torch.distributed.fsdp import fully_shard
+
+    # Shard each stage separately, then the rest, so only one stage's full parameters exist at a time.
+    for child in network.children():
+        if isinstance(child, nn.ModuleList):
+            for stage in child:
+                fully_shard(stage)
+    return fully_shard(network)
+
+
+def is_sharded(network: nn.Module) -> bool:
+    """Whether the network's parameters are FSDP shards (its full state must be gathered collectively)."""
+    return any(type(p).__name__ == "DTensor" for p in network.parameters())
+
+
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """True only if ``flag`` is True on every rank (so all ranks skip, or take, the same step)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item() > 0)
+
+
+def cleanup() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
