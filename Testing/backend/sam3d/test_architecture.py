@@ -189,3 +189,14 @@ def test_split_decoder_equals_the_published_decoder(tiny_network, level):
         split = decoder.classify_prompted(partial, features[level], level, 32)
     assert full.shape == (1, 2, 32, 32, 32)
     assert torch.allclose(split, full, atol=1e-5)
+
+
+def test_meta_built_network_is_complete_after_assigning_weights(tiny_network):
+    """Shift masks are derived, not loaded: a meta-device build plus assign-loading leaves nothing on meta."""
+    with torch.device("meta"):
+        network = Sam3D(**PRESETS["tiny"])
+    network.load_state_dict(tiny_network.state_dict(), strict=True, assign=True)
+    assert not any(t.is_meta for t in [*network.parameters(), *network.buffers()])
+    crop, points = torch.randn(1, 3, 32, 32, 32), torch.tensor([[[1, 2, 3]]])
+    with torch.no_grad():
+        assert torch.allclose(network.eval()(crop, points), tiny_network(crop, points))

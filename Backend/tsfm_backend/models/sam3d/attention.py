@@ -13,6 +13,8 @@ attention logits of every query (MViTv2's decomposition).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,19 +49,26 @@ def shifted_window_mask(grid: int, window: int, shift: int) -> torch.Tensor:
 
     After the roll, each window may hold tokens from up to three regions per axis (interior, the last
     full window, the wrapped-around border); tokens of different regions must not attend to each other.
-    Entries are 0 (same region) or ``SHIFT_MASK_VALUE``.
+    Entries are 0 (same region) or ``SHIFT_MASK_VALUE``. Built for real even inside a meta-device
+    context: the mask is derived, never loaded, so a network built on the meta device and given its
+    weights with ``load_state_dict(assign=True)`` is complete. The tensor is cached and shared by every
+    block and network asking for the same mask, so it must not be modified in place.
     """
-    region = torch.zeros(1, grid, grid, grid, 1)
-    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for sx in bounds:
-        for sy in bounds:
-            for sz in bounds:
-                region[:, sx, sy, sz, :] = label
-                label += 1
-    ids = window_partition(region, window).reshape(-1, window**3)
+    device = torch.get_default_device()
+    device = torch.device("cpu") if device.type == "meta" else device
+    return _shift_mask(grid, window, shift, device)
+
+
+@lru_cache(maxsize=8)
+def _shift_mask(grid: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    # One region id per axis position (0 interior, 1 last full window, 2 wrapped border), combined.
+    position = torch.zeros(grid, dtype=torch.long, device=device)
+    position[grid - window : grid - shift] = 1
+    position[grid - shift :] = 2
+    region = (position[:, None, None] * 9 + position[None, :, None] * 3 + position[None, None, :]).float()
+    ids = window_partition(region[None, ..., None], window).reshape(-1, window**3)
     different = ids.unsqueeze(1) != ids.unsqueeze(2)
-    return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
+    return torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
 
 
 def resized_rel_pos(table: torch.Tensor, size: int) -> torch.Tensor:

@@ -17,7 +17,9 @@ none is refused with the differences to the closest preset.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -44,6 +46,12 @@ Shapes = dict[str, tuple[int, ...]]
 
 def official_shapes(architecture: Mapping[str, Any]) -> dict[str, Shapes]:
     """Key -> shape of each part of an authors' checkpoint for ``architecture`` (built on the meta device)."""
+    return _official_shapes(json.dumps(dict(architecture), sort_keys=True))
+
+
+@lru_cache(maxsize=16)
+def _official_shapes(architecture_json: str) -> dict[str, Shapes]:
+    architecture = json.loads(architecture_json)
     with torch.device("meta"):
         network = Sam3D(**architecture)
     encoder = {k: tuple(v.shape) for k, v in network.image_encoder.state_dict().items()}
