@@ -452,15 +452,20 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateReviewTable()
 
     def onBox(self) -> None:
+        """First press: place a box (two corners); afterwards each placement or handle drag sends it."""
         roi = self._parameterNode.boxRoi
-        if roi is None or roi.GetNumberOfControlPoints() == 0:
-            if roi is None:
-                roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
-                self._parameterNode.boxRoi = roi
-                self.addObserver(roi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, lambda *a: self._run(self.onBox))
-            slicer.modules.markups.logic().StartPlaceMode(0)
+        if roi is None:
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
+            self._parameterNode.boxRoi = roi
+            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                          slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent):
+                self.addObserver(roi, event, lambda caller, event: self._run(self.onBox))
+        if roi.GetNumberOfControlPoints() == 0:
             selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
             selection.SetActivePlaceNodeID(roi.GetID())
+            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+                slicer.vtkMRMLInteractionNode.Place)
             return
         self.logic.setBox(roi)
 

@@ -84,3 +84,22 @@ def test_remote_upload_needs_confirmation(mini, small_ct_path: Path) -> None:  #
     with pytest.raises(UploadDeclined, match="gpu-server.example"):
         logic.segment(volume, "tiny-organs")
     assert asked == ["http://gpu-server.example:8765"]
+
+
+def test_token_is_never_saved_with_the_scene(logic, local_backend, small_ct_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    import slicer
+
+    volume = mini_slicer.load_volume(small_ct_path, "abdomen")
+    logic.connectRemote(local_backend.url, token="s3cret-token-value")
+    parameters = logic.getParameterNode()
+    parameters.remoteUrl = local_backend.url
+    parameters.inputVolume = volume
+    parameters.useTTA = True
+    assert logic.getParameterNode().inputVolume.GetID() == volume.GetID()
+    assert logic.getParameterNode().useTTA is True
+    scene_file = tmp_path / "scene.mrml"
+    slicer.mrmlScene.SetURL(str(scene_file))
+    slicer.mrmlScene.Commit()
+    text = scene_file.read_text(encoding="utf-8")
+    assert local_backend.url in text
+    assert "s3cret-token-value" not in text
