@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest Testing
 
 demo: $(STAMP)
-	$(PY) -m tsfm_backend.cli info
+	$(PY) -m tsfm_backend.cli demo --output $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

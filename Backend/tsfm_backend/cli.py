@@ -18,6 +18,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("models", "tsfm_backend.commands.models"),
     ("import", "tsfm_backend.commands.import_model"),
     ("fetch", "tsfm_backend.commands.fetch"),
+    ("segment", "tsfm_backend.commands.segment"),
+    ("demo", "tsfm_backend.commands.demo"),
 )
 
 

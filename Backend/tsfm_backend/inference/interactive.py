@@ -1,0 +1,373 @@
+"""Interactive segmentation: clicks and boxes in, the changed part of an object's mask out.
+
+An ``InteractiveSession`` holds one image and any number of objects. Each object keeps its mask on the
+image grid, its prompts and an undo/redo history. An interaction:
+
+1. validates the prompt against the image (``PromptError`` for clicks outside, zero-size boxes, ...);
+2. places a region of interest (ROI) around the object: ``card.patch_size`` voxels at the model spacing,
+   centred on the first prompt, moved when a prompt falls outside it, grown when the predicted mask
+   touches an inner border of the ROI (at most ``MAX_GROWTH`` times, each time covering the mask plus
+   a margin);
+3. runs the click-conditioned network on the ROI resampled to the model grid (image, positive and
+   negative click balls, box map, previous mask) and writes the thresholded result back into the ROI;
+4. returns a ``MaskUpdate`` holding only the bounding box of the voxels that changed.
+
+Models of family ``sam3d`` (3DSAM-adapter) run as published instead: a fixed cube at the card's spacing
+centred on the positive clicks, positive clicks only, and the image embedding cached per cube by
+``Sam3DPredictor``.
+
+Coordinates are voxel indices (k, j, i) of the session image; arrays are (K, J, I).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tsfm_backend.checkpoints import LoadedModel
+from tsfm_backend.device import resolve_device
+from tsfm_backend.inference import roi as roi_geometry
+from tsfm_backend.inference.roi import Roi
+from tsfm_backend.models.click_unet import encode_prompts
+from tsfm_backend.preprocessing import normalize
+from tsfm_backend.volume import Volume
+
+Voxel = tuple[int, int, int]
+
+MAX_GROWTH = 2
+KINDS = ("point", "box")
+
+
+class PromptError(ValueError):
+    """A prompt the session cannot use: outside the image, a zero-size box, an unknown object."""
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One user prompt.
+
+    ``kind`` is ``point`` (``point`` = (k, j, i)) or ``box`` (``box`` = inclusive corners
+    ((k0, j0, i0), (k1, j1, i1))); ``positive`` False makes a click remove instead of add.
+    """
+
+    kind: str
+    positive: bool = True
+    point: Voxel | None = None
+    box: tuple[Voxel, Voxel] | None = None
+    object_id: int = 1
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """The new mask of ``object_id`` inside the box starting at ``origin`` (k, j, i).
+
+    ``mask`` is a uint8 (dk, dj, di) crop; shape (0, 0, 0) means that nothing changed.
+    """
+
+    object_id: int
+    origin: Voxel
+    mask: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.mask.size == 0
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    positive: tuple[Voxel, ...] = ()
+    negative: tuple[Voxel, ...] = ()
+    boxes: tuple[tuple[Voxel, Voxel], ...] = ()
+
+    def points(self) -> list[Voxel]:
+        return list(self.positive) + list(self.negative) + [c for box in self.boxes for c in box]
+
+
+@dataclass
+class _Step:
+    """One undoable change: the mask inside a box before and after, and the prompts before and after."""
+
+    origin: Voxel
+    before: np.ndarray
+    after: np.ndarray
+    prompts_before: _Prompts
+    prompts_after: _Prompts
+
+
+@dataclass
+class _Object:
+    mask: np.ndarray
+    prompts: _Prompts = field(default_factory=_Prompts)
+    roi: Roi | None = None
+    undo: list[_Step] = field(default_factory=list)
+    redo: list[_Step] = field(default_factory=list)
+
+
+class InteractiveSession:
+    """Prompt-driven segmentation of several objects in one image with a promptable model.
+
+    Args:
+        loaded: a promptable model (``click_unet`` or ``sam3d`` family) and its card.
+        volume: the image, voxels (K, J, I) in the units the card's normalisation expects (HU for CT).
+        device: ``cpu``, ``cuda`` or ``auto``.
+    """
+
+    def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu") -> None:
+        card = loaded.card
+        if card.kind != "promptable":
+            raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
+        self.card = card
+        self.volume = volume
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.network = loaded.network.to(self.device).eval()
+        self.image_spacing = tuple(float(s) for s in volume.spacing_kji)
+        self.model_spacing = tuple(card.spacing) if card.spacing is not None else self.image_spacing
+        self.shape: Voxel = tuple(int(n) for n in volume.array.shape)  # type: ignore[assignment]
+        self.fill_value = float(np.min(volume.array))
+        self.objects: dict[int, _Object] = {}
+        self._lock = threading.Lock()
+        self._sam3d = None
+        if card.family == "sam3d":
+            from tsfm_backend.inference.sam3d_predictor import Sam3DPredictor
+
+            self._sam3d = Sam3DPredictor(self.network, self.device)
+            self.divisor: Voxel = (1, 1, 1)
+        else:
+            self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
+        self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
+
+    # ----------------------------------------------------------------------------------- public API
+    def interact(self, interaction: Interaction) -> MaskUpdate:
+        """Apply one prompt to its object (created on first use) and return the changed part of the mask."""
+        self._check(interaction)
+        with self._lock:
+            state = self.objects.get(interaction.object_id)
+            if state is None:
+                state = self.objects[interaction.object_id] = _Object(np.zeros(self.shape, dtype=np.uint8))
+            prompts = _add_prompt(state.prompts, interaction)
+            if self._sam3d is not None:
+                roi, region = self._predict_sam3d(prompts)
+            else:
+                roi, region = self._predict_grown(state, prompts)
+            state.roi = roi
+            return self._commit(interaction.object_id, state, roi, region, prompts)
+
+    def undo(self, object_id: int) -> MaskUpdate:
+        """Revert the object's last change; an empty update when there is nothing to undo."""
+        with self._lock:
+            state = self._object(object_id)
+            if not state.undo:
+                return _no_change(object_id)
+            step = state.undo.pop()
+            state.redo.append(step)
+            return self._apply(object_id, state, step.origin, step.before, step.prompts_before)
+
+    def redo(self, object_id: int) -> MaskUpdate:
+        """Re-apply the last undone change; an empty update when there is nothing to redo."""
+        with self._lock:
+            state = self._object(object_id)
+            if not state.redo:
+                return _no_change(object_id)
+            step = state.redo.pop()
+            state.undo.append(step)
+            return self._apply(object_id, state, step.origin, step.after, step.prompts_after)
+
+    def reset(self, object_id: int | None = None) -> None:
+        """Forget one object (mask, prompts, history), or every object when ``object_id`` is None."""
+        with self._lock:
+            if object_id is None:
+                self.objects.clear()
+            else:
+                self._object(object_id)
+                del self.objects[object_id]
+
+    def set_mask(self, object_id: int, mask: np.ndarray) -> MaskUpdate:
+        """Replace an object's mask (e.g. an edited segment); later clicks refine it. Undoable."""
+        mask = np.asarray(mask)
+        if tuple(mask.shape) != self.shape:
+            raise PromptError(f"mask shape {tuple(mask.shape)} differs from the image shape {self.shape}")
+        _check_object_id(object_id)
+        with self._lock:
+            state = self.objects.setdefault(object_id, _Object(np.zeros(self.shape, dtype=np.uint8)))
+            whole = Roi(start=(0, 0, 0), size=self.shape, grid=self.shape)
+            state.roi = roi_geometry.around_mask(mask > 0, self._base_roi_size(), self._fit) \
+                if mask.any() else None
+            return self._commit(object_id, state, whole, (mask > 0).astype(np.uint8), _Prompts())
+
+    def mask(self, object_id: int) -> np.ndarray:
+        """A copy of the object's (K, J, I) uint8 mask."""
+        with self._lock:
+            return self._object(object_id).mask.copy()
+
+    # --------------------------------------------------------------------------------- validation
+    def _check(self, interaction: Interaction) -> None:
+        _check_object_id(interaction.object_id)
+        if interaction.kind not in KINDS:
+            raise PromptError(f"interaction kind {interaction.kind!r} is not one of {KINDS}")
+        if interaction.kind == "point":
+            if interaction.point is None:
+                raise PromptError("a point interaction needs a point (k, j, i)")
+            self._check_inside(interaction.point, "click")
+            if self._sam3d is not None and not interaction.positive:
+                raise PromptError(f"model {self.card.id!r} (3DSAM-adapter) takes positive clicks only")
+            return
+        if interaction.box is None or len(interaction.box) != 2:
+            raise PromptError("a box interaction needs two corners ((k0, j0, i0), (k1, j1, i1))")
+        if self._sam3d is not None:
+            raise PromptError(f"model {self.card.id!r} (3DSAM-adapter) takes clicks only, not boxes")
+        if not interaction.positive:
+            raise PromptError("box prompts mark the object to add; draw a negative click to remove")
+        low, high = interaction.box
+        for corner in (low, high):
+            self._check_inside(corner, "box corner")
+        for axis, name in enumerate("kji"):
+            if int(low[axis]) == int(high[axis]):
+                raise PromptError(
+                    f"box has zero size along {name} ({name}0 == {name}1 == {int(low[axis])}); "
+                    "a box must span at least two voxels along every axis")
+
+    def _check_inside(self, point: Voxel, what: str) -> None:
+        if len(point) != 3:
+            raise PromptError(f"{what} {tuple(point)} must have three coordinates (k, j, i)")
+        if any(not 0 <= int(p) < n for p, n in zip(point, self.shape, strict=True)):
+            raise PromptError(
+                f"{what} (k, j, i) = {tuple(int(p) for p in point)} is outside the image of shape "
+                f"(K, J, I) = {self.shape}")
+
+    def _object(self, object_id: int) -> _Object:
+        if object_id not in self.objects:
+            raise PromptError(f"unknown object {object_id}; objects in this session: {sorted(self.objects)}")
+        return self.objects[object_id]
+
+    # ---------------------------------------------------------------------------------- prediction
+    def _base_roi_size(self) -> Voxel:
+        """The ROI size in image voxels that covers ``card.patch_size`` model voxels."""
+        return tuple(max(1, round(p * m / s)) for p, m, s in zip(  # type: ignore[return-value]
+            self.card.patch_size, self.model_spacing, self.image_spacing, strict=True))
+
+    def _fit(self, size: Voxel) -> tuple[Voxel, Voxel]:
+        """(ROI size in image voxels, model grid) for a wanted ROI ``size``.
+
+        The grid is rounded up to the network's divisor and the ROI follows the grid, so the network
+        always sees its own spacing.
+        """
+        # A wanted size a hair above a multiple of the divisor (rounding) does not take the next multiple.
+        grid = tuple(max(d, int(math.ceil(n * s / m / d - 0.05)) * d) for n, s, m, d in zip(
+            size, self.image_spacing, self.model_spacing, self.divisor, strict=True))
+        fitted = tuple(max(1, round(g * m / s)) for g, m, s in zip(
+            grid, self.model_spacing, self.image_spacing, strict=True))
+        return fitted, grid  # type: ignore[return-value]
+
+    def _predict_grown(self, state: _Object, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """Predict in the object's ROI; grow the ROI while the mask touches an inner border of it."""
+        roi = roi_geometry.place(state.roi, prompts.points(), self._base_roi_size(), self.shape, self._fit)
+        region = self._predict_click_unet(roi, state.mask, prompts)
+        for _ in range(MAX_GROWTH):
+            if not roi_geometry.touches_inner_border(region, roi, self.shape):
+                break
+            grown = roi_geometry.grow(roi, region, prompts.points(), self._base_roi_size(), self.shape,
+                                      self._fit)
+            if grown == roi:
+                break
+            roi = grown
+            region = self._predict_click_unet(roi, state.mask, prompts)
+        return roi, region
+
+    def _crop_tensor(self, array: np.ndarray, roi: Roi, fill: float) -> torch.Tensor:
+        crop = roi_geometry.crop(array, roi, fill)
+        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(self.device)
+
+    def _to_grid(self, roi: Roi, points: list[Voxel] | tuple[Voxel, ...]) -> torch.Tensor:
+        if not points:
+            return torch.zeros((0, 3), device=self.device)
+        return torch.tensor([roi_geometry.image_to_grid(p, roi) for p in points], device=self.device)
+
+    def _predict_click_unet(self, roi: Roi, mask: np.ndarray, prompts: _Prompts) -> np.ndarray:
+        """(ROI size) uint8 prediction of the click-conditioned network for ``prompts``."""
+        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
+        image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)[0]
+        previous = F.interpolate(self._crop_tensor(mask, roi, 0.0)[None, None], size=roi.grid,
+                                 mode="trilinear", align_corners=False)[0, 0]
+        boxes = None
+        if prompts.boxes:
+            boxes = torch.stack([torch.stack([self._to_grid(roi, [low])[0], self._to_grid(roi, [high])[0]])
+                                 for low, high in prompts.boxes])
+        channels = encode_prompts(
+            roi.grid, self.model_spacing, self.click_radius_mm,
+            positive=self._to_grid(roi, prompts.positive), negative=self._to_grid(roi, prompts.negative),
+            boxes=boxes, previous=previous,
+        )
+        inputs = torch.cat([image, channels])[None]
+        with torch.inference_mode():
+            logits = self.network(inputs).float()
+            if self.card.output == "softmax":
+                logits = logits[:, 1:2] - logits[:, :1]
+            logits = F.interpolate(logits, size=roi.size, mode="trilinear", align_corners=False)
+        return (logits[0, 0] > 0).to(torch.uint8).cpu().numpy()
+
+    def _predict_sam3d(self, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """3DSAM-adapter: one cube of ``patch_size`` at the card spacing centred on the positive clicks."""
+        size = self._base_roi_size()
+        roi = roi_geometry.centred(prompts.positive, size, tuple(self.card.patch_size))  # type: ignore[arg-type]
+        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
+        image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)
+        outside = self._crop_tensor(np.ones(self.shape, dtype=np.float32), roi, 0.0)[None, None]
+        outside = F.interpolate(outside, size=roi.grid, mode="nearest") < 0.5
+        image = image.masked_fill(outside, 0.0).repeat(1, self.card.in_channels, 1, 1, 1)
+        points = self._to_grid(roi, prompts.positive).round().long()
+        points = torch.minimum(points.clamp(min=0), torch.tensor(roi.grid, device=points.device) - 1)
+        probability = self._sam3d.predict(image, points, crop_key=roi.start)
+        probability = F.interpolate(probability[None, None].float(), size=roi.size, mode="trilinear",
+                                    align_corners=False)
+        return roi, (probability[0, 0] > 0.5).to(torch.uint8).cpu().numpy()
+
+    # ------------------------------------------------------------------------------- bookkeeping
+    def _commit(self, object_id: int, state: _Object, roi: Roi, region: np.ndarray, prompts: _Prompts) -> MaskUpdate:
+        """Write ``region`` (the ROI's new mask) into the object, record the undo step, return the update."""
+        inner, outer = roi_geometry.overlap(roi, self.shape)
+        new = region[inner]
+        old = state.mask[outer]
+        changed = np.argwhere(new != old)
+        if len(changed) == 0:
+            state.prompts = prompts
+            return _no_change(object_id)
+        low, high = changed.min(0), changed.max(0) + 1
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+        origin = tuple(int(o.start) + int(a) for o, a in zip(outer, low, strict=True))
+        target = tuple(slice(o, o + int(b - a)) for o, a, b in zip(origin, low, high, strict=True))
+        step = _Step(origin, state.mask[target].copy(), new[box].astype(np.uint8), state.prompts, prompts)  # type: ignore[arg-type]
+        state.undo.append(step)
+        state.redo.clear()
+        return self._apply(object_id, state, step.origin, step.after, prompts)
+
+    def _apply(self, object_id: int, state: _Object, origin: Voxel, values: np.ndarray, prompts: _Prompts) -> MaskUpdate:
+        target = tuple(slice(o, o + n) for o, n in zip(origin, values.shape, strict=True))
+        state.mask[target] = values
+        state.prompts = prompts
+        return MaskUpdate(object_id, origin, values.copy())
+
+
+def _check_object_id(object_id: int) -> None:
+    if not isinstance(object_id, int | np.integer) or isinstance(object_id, bool) or object_id < 1:
+        raise PromptError(f"object id must be a positive integer, got {object_id!r}")
+
+
+def _add_prompt(prompts: _Prompts, interaction: Interaction) -> _Prompts:
+    if interaction.kind == "point":
+        point = tuple(int(p) for p in interaction.point)  # type: ignore[union-attr]
+        if interaction.positive:
+            return _Prompts(prompts.positive + (point,), prompts.negative, prompts.boxes)  # type: ignore[arg-type]
+        return _Prompts(prompts.positive, prompts.negative + (point,), prompts.boxes)  # type: ignore[arg-type]
+    low, high = (tuple(int(v) for v in corner) for corner in interaction.box)  # type: ignore[union-attr]
+    ordered = (tuple(min(a, b) for a, b in zip(low, high, strict=True)),
+               tuple(max(a, b) for a, b in zip(low, high, strict=True)))
+    return _Prompts(prompts.positive, prompts.negative, prompts.boxes + (ordered,))  # type: ignore[arg-type]
+
+
+def _no_change(object_id: int) -> MaskUpdate:
+    return MaskUpdate(object_id, (0, 0, 0), np.zeros((0, 0, 0), dtype=np.uint8))

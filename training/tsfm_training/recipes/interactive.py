@@ -1,0 +1,254 @@
+"""Recipe ``interactive``: train a click-conditioned U-Net on real tumour masks and export it with its card.
+
+Data: cases ``<root>/<CASE>/{ct.nii.gz, mask.nii.gz}`` (the soft-tissue sarcoma set), resampled once to
+the model spacing and normalised as the card says. A fixed list of cases is held out for validation.
+Each training sample is a crop around a random tumour voxel (jittered so the tumour is often cut by the
+crop border) with simulated prompts (``objectives.click_simulation``); the loss is BCE + soft Dice on
+the single sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into the backend's
+model format, then evaluated on the held-out cases with the same deterministic click protocol as the
+benchmark, and the metrics are written into the card.
+
+Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes),
+``model`` (id, architecture, description), ``simulation`` (``SimulationConfig`` fields), ``loop``
+(``LoopConfig``), ``export`` (directory), ``evaluation`` (clicks), ``threads``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tsfm_backend.checkpoints import LoadedModel, save_model
+from tsfm_backend.image_io import read_volume
+from tsfm_backend.model_card import ModelCard
+from tsfm_backend.models import build_network
+from tsfm_backend.models.click_unet import encode_prompts
+from tsfm_backend.preprocessing import normalize, resample_linear
+
+from tsfm_training.loop import LoopConfig, fit
+from tsfm_training.objectives.click_simulation import SimulationConfig, simulate_prompts
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Case:
+    """One case on the model grid: normalised image (Z, Y, X) float32 and reference mask (Z, Y, X) bool."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def data_root(configured: str) -> Path:
+    """The data folder: as given (relative to the working directory), else that name in the shared data.
+
+    The shared data is $TSFM_SHARED_DATA, else ``../shared/data`` beside the repository.
+    """
+    path = Path(configured)
+    if path.is_dir():
+        return path
+    shared = Path(os.environ.get("TSFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if (shared / path.name).is_dir():
+        return shared / path.name
+    raise ValueError(f"data folder {configured!r} not found (nor {shared / path.name})")
+
+
+def load_case(folder: Path, spacing: tuple[float, float, float], normalization: dict) -> Case:
+    """Read ``ct.nii.gz`` and ``mask.nii.gz`` of a case and bring both to the model grid."""
+    image = read_volume(folder / "ct.nii.gz")
+    mask = read_volume(folder / "mask.nii.gz")
+    if image.array.shape != mask.array.shape:
+        raise ValueError(f"{folder}: ct {image.array.shape} and mask {mask.array.shape} differ")
+    shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(image.array.shape, image.spacing_kji, spacing,
+                                                               strict=True))
+    tensor = normalize(torch.from_numpy(image.array.astype(np.float32))[None], normalization)
+    resampled = resample_linear(tensor, shape)[0].numpy()
+    label = resample_linear(torch.from_numpy((mask.array > 0).astype(np.float32))[None], shape)[0].numpy() > 0.5
+    return Case(folder.name, resampled.astype(np.float32), label)
+
+
+def crop_with_padding(array: np.ndarray, start: np.ndarray, size: tuple[int, int, int], fill: float) -> np.ndarray:
+    """``array[start:start+size]`` per axis, padded with ``fill`` where the window leaves the array."""
+    out = np.full(size, fill, dtype=array.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + np.array(size), array.shape)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True))] = \
+        array[tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))]
+    return out
+
+
+class ClickBatches:
+    """Endless batches ``{"image": (B, 1+4, Z, Y, X), "label": (B, 1, Z, Y, X)}`` with simulated prompts.
+
+    The crop size (and its batch size) is drawn per batch from ``crop_sizes``, so the network sees both
+    the small crops of fast training and the full interactive crop. Its random state is saved with the
+    training checkpoint, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, cases: list[Case], spacing: tuple[float, float, float], click_radius_mm: float,
+                 crop_sizes: list[tuple[int, int, int]], batch_sizes: list[int],
+                 simulation: SimulationConfig, seed: int) -> None:
+        self.cases = cases
+        self.spacing = spacing
+        self.click_radius_mm = click_radius_mm
+        self.crop_sizes = crop_sizes
+        self.batch_sizes = batch_sizes
+        self.simulation = simulation
+        self.rng = np.random.default_rng(seed)
+        self.tumour_voxels = [np.argwhere(case.mask) for case in cases]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def __iter__(self) -> ClickBatches:
+        return self
+
+    def sample(self, size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (5, *size) input and its (1, *size) target."""
+        index = int(self.rng.integers(len(self.cases)))
+        case, voxels = self.cases[index], self.tumour_voxels[index]
+        centre = voxels[self.rng.integers(len(voxels))]
+        jitter = np.array([self.rng.integers(-(s // 4), s // 4 + 1) for s in size])
+        start = centre + jitter - np.array(size) // 2
+        image = crop_with_padding(case.image, start, size, fill=float(case.image.min()))
+        target = crop_with_padding(case.mask, start, size, fill=False)
+        for axis in range(3):
+            if self.rng.random() < 0.5:
+                image, target = np.flip(image, axis), np.flip(target, axis)
+        image = image * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
+        prompts = simulate_prompts(np.ascontiguousarray(target), self.spacing, self.rng, self.simulation)
+        channels = encode_prompts(
+            size, self.spacing, self.click_radius_mm,
+            positive=torch.from_numpy(prompts.positive).float(),
+            negative=torch.from_numpy(prompts.negative).float(),
+            boxes=torch.from_numpy(prompts.boxes).float(),
+            previous=torch.from_numpy(prompts.previous).float(),
+        )
+        inputs = torch.cat([torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], channels])
+        return inputs, torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        choice = int(self.rng.integers(len(self.crop_sizes)))
+        size = tuple(int(s) for s in self.crop_sizes[choice])
+        pairs = [self.sample(size) for _ in range(int(self.batch_sizes[choice]))]
+        return {"image": torch.stack([p[0] for p in pairs]), "label": torch.stack([p[1] for p in pairs])}
+
+
+def bce_dice_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice of the single logit channel against the (B, 1, ...) target."""
+    logits = model(batch["image"]).float()
+    target = batch["label"]
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probability = torch.sigmoid(logits)
+    intersection = (probability * target).sum()
+    soft_dice = (2 * intersection + 1.0) / (probability.sum() + target.sum() + 1.0)
+    return bce + (1.0 - soft_dice)
+
+
+def git_commit() -> str:
+    """The repository commit the run started from ('unknown' outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_card(config: dict[str, Any], train: list[str], validation: list[str], root: Path) -> ModelCard:
+    data, model = config["data"], config["model"]
+    return ModelCard(
+        id=model["id"], family="click_unet", architecture=dict(model["architecture"]), kind="promptable",
+        classes={1: "object"}, in_channels=1, spacing=tuple(data["spacing"]), axis_order="kji",
+        normalization=dict(data["normalization"]), patch_size=tuple(model["crop_size"]), output="sigmoid",
+        license=model.get("license", "CC-BY-3.0"), description=model.get("description", ""),
+        provenance={
+            "data": {"root": str(root), "training_cases": train, "validation_cases": validation,
+                     "attribution": model.get("attribution", "")},
+            "config": config, "commit": git_commit(), "command": model.get("command", ""),
+        },
+    )
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Train, export and evaluate; returns the loop summary, the export folder and the validation metrics."""
+    torch.set_num_threads(int(config.get("threads", 1)))
+    data = config["data"]
+    root = data_root(str(data["root"]))
+    spacing = tuple(float(s) for s in data["spacing"])
+    names = sorted(p.name for p in root.iterdir() if (p / "ct.nii.gz").is_file())
+    if not names:
+        raise ValueError(f"no cases with ct.nii.gz under {root}")
+    validation = [n for n in data["validation_cases"] if n in names]
+    missing = sorted(set(data["validation_cases"]) - set(names))
+    if missing:
+        raise ValueError(f"validation cases {missing} are not under {root}")
+    train = [n for n in names if n not in validation]
+    started = time.perf_counter()
+    cases = [load_case(root / n, spacing, data["normalization"]) for n in train]
+    log.info("Loaded %d training cases in %.1f s (validation: %s)", len(cases), time.perf_counter() - started,
+             ", ".join(validation))
+
+    card = build_card(config, train, validation, root)
+    network = build_network(card)
+    batches = ClickBatches(
+        cases, spacing, float(card.architecture.get("click_radius_mm", 5.0)),
+        [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
+        SimulationConfig(**config.get("simulation", {})), seed=int(config["loop"].get("seed", 0)),
+    )
+    loop = LoopConfig.from_dict(dict(config["loop"]))
+    summary = fit(network, batches, bce_dice_loss, loop)
+    network = network.cpu().eval()
+
+    export_dir = Path(config["export"]["directory"])
+    card.provenance["training"] = {"steps": summary["step"], "final_loss": summary["loss"],
+                                   "seconds": round(summary["seconds"], 1)}
+    save_model(network, card, export_dir)
+    metrics = evaluate(LoadedModel(network, card), root, validation, int(config.get("evaluation", {}).get(
+        "clicks", 5)))
+    card.provenance["metrics"] = metrics
+    save_model(network, card, export_dir)
+    log.info("Exported %s with validation metrics %s", export_dir, metrics["mean"])
+    return {"loop": summary, "export": str(export_dir), "metrics": metrics}
+
+
+def evaluate(loaded: LoadedModel, root: Path, cases: list[str], clicks: int) -> dict[str, Any]:
+    """Dice after each click of the deterministic protocol, per held-out case and mean, on the CT's own grid."""
+    from tsfm_backend.inference.click_policy import run_protocol
+    from tsfm_backend.inference.interactive import Interaction, InteractiveSession
+
+    per_case: dict[str, Any] = {}
+    for name in cases:
+        volume = read_volume(root / name / "ct.nii.gz")
+        reference = read_volume(root / name / "mask.nii.gz").array > 0
+        session = InteractiveSession(loaded, volume)
+
+        def segment(click, session=session):
+            session.interact(Interaction("point", click.positive, point=click.point))
+            return session.mask(1)
+
+        trace = run_protocol(segment, reference, volume.spacing_kji, clicks)
+        per_case[name] = {"dice": [round(t.dice, 4) for t in trace],
+                          "seconds": [round(t.seconds, 3) for t in trace]}
+    mean = {f"dice_{k}": round(float(np.mean([c["dice"][min(k, len(c["dice"])) - 1]
+                                                   for c in per_case.values()])), 4)
+            for k in (1, 3, clicks)}
+    return {"protocol": "first click at the deepest voxel, then the deepest voxel of the largest error region",
+            "clicks": clicks, "mean": mean, "cases": per_case}
