@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from tsfm_backend.models.sam3d import PRESETS, Sam3D
@@ -22,7 +23,8 @@ def tiny_network() -> Sam3D:
 
 
 def official_layout(network: Sam3D) -> dict[str, Any]:
-    """``network`` as the authors' training script saves it: three parts, four prompt encoders, optimizers.
+    """``network`` as the authors' training script saves it: three parts, four prompt encoders, optimizers,
+    and the validation loss as a numpy scalar (``np.mean`` of per-case losses).
 
     The first three prompt encoders get their own random values (the published model never reads them).
     """
@@ -35,7 +37,7 @@ def official_layout(network: Sam3D) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(network.mask_decoder.parameters(), lr=4e-4, weight_decay=0)
     return {
         "epoch": 500,
-        "best_val_loss": 0.2125,
+        "best_val_loss": np.mean([np.array([[0.2]], dtype=np.float32), np.array([[0.225]], dtype=np.float32)]),
         "encoder_dict": encoder,
         "decoder_dict": {k: v.clone() for k, v in network.mask_decoder.state_dict().items()},
         "feature_dict": [*unused, prompt],

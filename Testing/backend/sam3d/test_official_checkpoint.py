@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from tsfm_backend.checkpoints import CheckpointError, load_model, save_model
+from tsfm_backend.formats.safe_unpickler import torch_load
+from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models.sam3d import (
     PRESETS,
     convert_official_checkpoint,
@@ -21,7 +23,8 @@ SOURCES = Path(__file__).resolve().parents[3] / "Backend" / "tsfm_backend"
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The backend's safe reader: ``torch.load(weights_only=True)`` allowing numpy scalars only."""
+    return torch_load(path)
 
 
 def _logits(network, crop, points):
@@ -51,6 +54,8 @@ def test_card_records_the_published_preprocessing(tiny_network, write_official):
     assert card.classes == {1: "kidney tumor"} and card.output == "softmax" and card.num_classes == 2
     assert card.architecture == PRESETS["tiny"]
     assert card.provenance["epoch"] == 500 and card.provenance["preset"] == "tiny"
+    assert card.provenance["best_val_loss"] == pytest.approx(0.2125) and type(card.provenance["best_val_loss"]) is float
+    assert ModelCard.from_json(card.to_json()) == card
     _, lits = from_official_checkpoint(_load(write_official(tiny_network)), dataset="lits", model_id="my-lits")
     assert lits.id == "my-lits" and lits.normalization["upper"] == 163.0 and lits.classes == {1: "liver tumor"}
     with pytest.raises(CheckpointError, match="unknown 3DSAM-adapter dataset 'brats'"):

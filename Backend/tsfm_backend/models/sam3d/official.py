@@ -112,9 +112,17 @@ def match_preset(checkpoint: Mapping[str, Any]) -> str:
 
 
 def _scalar(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    """A JSON-friendly copy of a checkpoint's bookkeeping value (tensors and numpy scalars unwrapped)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    try:
         return value.item()
-    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+    except (AttributeError, ValueError, RuntimeError):
+        return str(value)
 
 
 def sam3d_card(
