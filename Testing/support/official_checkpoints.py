@@ -85,3 +85,31 @@ def write_v2_results(folder: Path, network: torch.nn.Module, trainer: str, label
 def stunet_for(preset: str, num_classes: int, pools: list[list[int]], seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return stunet.build(1, num_classes, preset, pool_op_kernel_sizes=pools).eval()
+
+
+def write_pymic_checkpoint(path: Path, network: torch.nn.Module) -> Path:
+    """A PyMIC ``.pt`` as MIS-FM's trainer saves it (``model_state_dict`` + training state)."""
+    torch.save(
+        {
+            "iteration": 80000,
+            "valid_pred": np.float64(0.81),
+            "model_state_dict": network.state_dict(),
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-3, "params": []}]},
+        },
+        path,
+    )
+    return path
+
+
+def write_suprem_checkpoint(path: Path, network: torch.nn.Module, *, universal: bool) -> Path:
+    """A SuPreM ``.pth`` saved from DDP: ``module.backbone.<key>`` plus Universal-model heads, or
+    ``module.<key>`` for a bare network."""
+    if universal:
+        weights = {f"module.backbone.{k}": v for k, v in network.state_dict().items() if not k.startswith("out_tr.")}
+        weights["module.precls_conv.2.weight"] = torch.zeros(8, 48, 1, 1, 1)
+        weights["module.controller.weight"] = torch.zeros(153, 512, 1, 1, 1)
+        weights["module.organ_embedding"] = torch.zeros(32, 512)
+    else:
+        weights = {f"module.{k}": v for k, v in network.state_dict().items()}
+    torch.save({"net": weights, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None, "epoch": 2100}, path)
+    return path

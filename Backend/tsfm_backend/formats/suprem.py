@@ -48,9 +48,10 @@ def _backbone_of(keys: set[str]) -> str:
 
 def from_checkpoint(checkpoint: dict, path: Path, model_id: str | None = None) -> tuple[dict[str, torch.Tensor], ModelCard]:
     """(state_dict, card) of a SuPreM checkpoint already read with ``torch_load``."""
-    weights = strip_prefix(dict(checkpoint[TOP_LEVEL_KEY]))
-    if any(k.startswith("backbone.") for k in weights):
-        weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    stored = strip_prefix(dict(checkpoint[TOP_LEVEL_KEY]))
+    weights = stored
+    if any(k.startswith("backbone.") for k in stored):
+        weights = {k[len("backbone."):]: v for k, v in stored.items() if k.startswith("backbone.")}
     try:
         backbone = _backbone_of(set(weights))
     except CheckpointError as error:
@@ -67,7 +68,8 @@ def from_checkpoint(checkpoint: dict, path: Path, model_id: str | None = None) -
         shown = ", ".join((missing + wrong)[:5])
         raise CheckpointError(f"{path}: SuPreM {backbone} weights missing or of another shape: {shown}")
     head_from_file = all(k in weights for k in expected if k.startswith(heads))
-    ignored = sorted(set(weights) - set(expected))
+    outside_backbone = [k for k in stored if not k.startswith("backbone.")] if weights is not stored else []
+    ignored = sorted(set(weights) - set(expected)) + sorted(outside_backbone)
     if ignored:
         log.info("%s: %d weights of the pretraining heads are not used (e.g. %s)", path, len(ignored), ignored[0])
     state_dict = {k: (weights[k] if k in weights else v) for k, v in expected.items()}
