@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import slicer
-import vtk
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -30,6 +29,7 @@ from TSFMSegmentationLib.logic_connection import Connection, describe_info
 from TSFMSegmentationLib.logic_interactive import InteractiveEditor
 from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
 from TSFMSegmentationLib.segments import EditSettings
+from TSFMSegmentationLib.selftest import one_click_dice
 
 MODULE_DIR = Path(__file__).resolve().parent
 TORCH_REQUIREMENT = ">=2.4"
@@ -549,48 +549,21 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
         return Path(os.environ.get("TSFM_SELFTEST_CASE", default))
 
     def test_click_segments_the_tumour(self) -> None:
-        import numpy as np
-
         folder = self._case_folder()
         if not (folder / "ct.nii.gz").exists():
             self.delayDisplay(f"Self-test skipped: no test case at {folder} (set TSFM_SELFTEST_CASE)")
             return
         volume = slicer.util.loadVolume(str(folder / "ct.nii.gz"))
-        reference = slicer.util.loadLabelVolume(str(folder / "mask.nii.gz"))
-        truth = slicer.util.arrayFromVolume(reference) > 0
+        reference = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(folder / "mask.nii.gz")))
         logic = TSFMSegmentationLogic()
         logic.startLocalBackend(onWait=lambda elapsed: slicer.app.processEvents())
         try:
             models = logic.models("promptable")
             self.assertTrue(models, "the backend serves no promptable model")
             model = os.environ.get("TSFM_SELFTEST_MODEL", models[0]["id"])
-            kji = deepest_voxel(truth)
-            ijk_to_ras = vtk.vtkMatrix4x4()
-            volume.GetIJKToRASMatrix(ijk_to_ras)
-            ras = ijk_to_ras.MultiplyPoint([kji[2], kji[1], kji[0], 1.0])[:3]
-            editor = logic.startInteractive(volume, model)
-            logic.addPoint(ras, positive=True)
-            result = slicer.util.arrayFromSegmentBinaryLabelmap(editor.segmentation_node, editor.segment_id, volume) > 0
-            dice = 2.0 * np.logical_and(result, truth).sum() / max(1, result.sum() + truth.sum())
-            self.delayDisplay(f"Dice after one click with {model}: {dice:.3f}")
-            self.assertGreaterEqual(dice, float(os.environ.get("TSFM_SELFTEST_MIN_DICE", "0.5")))
-            self.assertTrue(logic.undo())
-            self.assertFalse((slicer.util.arrayFromSegmentBinaryLabelmap(
-                editor.segmentation_node, editor.segment_id, volume) > 0).any())
+            score = one_click_dice(logic, volume, reference, model)
+            self.delayDisplay(f"Dice after one click with {model}: {score:.3f}")
+            self.assertGreaterEqual(score, float(os.environ.get("TSFM_SELFTEST_MIN_DICE", "0.5")))
         finally:
             logic.stopBackend()
         self.delayDisplay("Test passed")
-
-
-def deepest_voxel(mask) -> tuple[int, int, int]:  # noqa: ANN001
-    """(k, j, i) of a voxel as far inside ``mask`` as repeated 6-neighbour erosion reaches."""
-    import numpy as np
-
-    current = np.asarray(mask, bool)
-    while True:
-        eroded = current.copy()
-        for axis in range(3):
-            eroded &= np.roll(current, 1, axis) & np.roll(current, -1, axis)
-        if not eroded.any():
-            return tuple(int(v) for v in np.argwhere(current)[len(np.argwhere(current)) // 2])
-        current = eroded

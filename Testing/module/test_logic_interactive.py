@@ -140,3 +140,27 @@ def test_interaction_honours_segment_editor_masking(editing) -> None:  # noqa: A
     answered = np.zeros_like(result)
     answered[k:k + crop.shape[0], j:j + crop.shape[1], i:i + crop.shape[2]] = crop > 0
     np.testing.assert_array_equal(result[:, :, 61:], answered[:, :, 61:])
+
+
+def test_self_test_steps_run_on_a_real_tumour_case(logic, shared_data: Path) -> None:  # noqa: ANN001
+    """What TSFMSegmentationTest does inside Slicer, on the same STS case, with the suite's random model."""
+    import slicer
+    from TSFMSegmentationLib.selftest import one_click_dice
+
+    case = shared_data / "sts" / "STS_001"
+    volume = mini_slicer.load_volume(case / "ct.nii.gz", "sts")
+    reference = slicer.util.arrayFromVolume(mini_slicer.load_volume(case / "mask.nii.gz", "mask")).copy()
+    score = one_click_dice(logic, volume, reference, "tiny-click")
+    assert 0.0 <= score <= 1.0
+
+
+def test_deepest_voxel_and_dice(mini) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.selftest import deepest_voxel, dice
+
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:9, 2:9, 2:9] = True      # a 7-voxel cube: its centre is (5, 5, 5)
+    mask[12:15, 12:15, 12:15] = True  # a smaller cube erodes away first
+    assert deepest_voxel(mask) == (5, 5, 5)
+    assert dice(mask, mask) == 1.0 and dice(mask, ~mask) == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        deepest_voxel(np.zeros((3, 3, 3), bool))
