@@ -118,3 +118,24 @@ def test_unknown_torch_layout_is_named(tmp_path, capsys):
     torch.save({"weights": {}, "step": 1}, path)
     assert main(["import", str(path)]) == 2
     assert "no known checkpoint layout (top level: ['step', 'weights'])" in capsys.readouterr().err
+
+
+def test_3dsam_adapter_layout_is_handed_to_the_promptable_family(tmp_path, capsys):
+    from tsfm_backend.models import sam3d
+
+    torch.manual_seed(6)
+    network = sam3d.build(**sam3d.PRESETS["tiny"]).eval()
+    encoder = dict(network.image_encoder.state_dict())
+    for index, block in enumerate(network.image_encoder.blocks):
+        if block.attn_mask is not None:
+            encoder[f"blocks.{index}.attn_mask"] = block.attn_mask.clone()
+    prompt = dict(network.prompt_encoder.state_dict())
+    path = tmp_path / "best.pth.tar"
+    torch.save({"epoch": 500, "encoder_dict": encoder, "decoder_dict": dict(network.mask_decoder.state_dict()),
+                "feature_dict": [prompt] * 4}, path)
+    out = _import(capsys, path, "--id", "sam-tiny")
+    assert "format:        sam3d" in out and "family:        sam3d" in out
+    loaded = load_model("sam-tiny")
+    assert loaded.card.kind == "promptable"
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[key], value), key
