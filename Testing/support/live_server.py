@@ -87,16 +87,28 @@ def backend_app(model_paths: list[Path], **settings_overrides):  # noqa: ANN201 
     return make_app(settings, services), services
 
 
+# Pools of a click U-Net that stops downsampling early: cheap enough for hundreds of clicks on a CPU.
+SHALLOW_POOLS = [[1, 2, 2], [2, 2, 2], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
+
+
 def save_click_model(directory: Path, *, model_id: str = "tiny-click", preset: str = "tiny",
-                     patch_size: tuple[int, int, int] = (32, 64, 64), seed: int = 0) -> Path:
-    """A random click-conditioned U-Net (promptable) saved in our format; returns its folder."""
+                     patch_size: tuple[int, int, int] = (8, 16, 16), pools: list | None = SHALLOW_POOLS,
+                     seed: int = 0) -> Path:
+    """A random click-conditioned U-Net (promptable) saved in our format; returns its folder.
+
+    ``pools=None`` keeps the preset's five downsampling stages (then ``patch_size`` must be a
+    multiple of (16, 32, 32) and at least twice that).
+    """
     import torch
     from tsfm_backend.checkpoints import save_model
     from tsfm_backend.model_card import ModelCard
     from tsfm_backend.models import build_network
 
+    architecture: dict = {"preset": preset}
+    if pools is not None:
+        architecture["pool_op_kernel_sizes"] = pools
     card = ModelCard(
-        id=model_id, family="click_unet", architecture={"preset": preset}, kind="promptable",
+        id=model_id, family="click_unet", architecture=architecture, kind="promptable",
         classes={1: "object"}, spacing=None, output="sigmoid", patch_size=patch_size,
         normalization={"scheme": "ct_clip_zscore", "lower": -1000.0, "upper": 1000.0, "mean": 0.0, "std": 300.0},
         license="Apache-2.0", provenance={"source": "random weights for tests"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 HEX_ID = r"^[0-9a-f]{32}$"
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -16,9 +16,9 @@ JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveMm = Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)]
-Index = Annotated[int, Field(ge=0, le=1 << 20)]
+Index = Annotated[int, Field(ge=0, le=1 << 20, strict=True)]
 Voxel = tuple[Index, Index, Index]
-ObjectId = Annotated[int, Field(ge=1, le=255)]
+ObjectId = Annotated[int, Field(ge=1, le=255, strict=True)]
 ImageId = Annotated[str, Field(pattern=HEX_ID)]
 ModelId = Annotated[str, Field(pattern=MODEL_ID)]
 
@@ -65,14 +65,14 @@ class JobOptions(Strict):
     """Options of an automatic job (the fields of ``inference.segmenter.SegmentOptions``)."""
 
     step: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
-    tta: bool = False
-    batch_size: Annotated[int, Field(ge=1, le=64)] = 1
-    fast: bool = False
-    amp: bool = True
-    largest_component: bool = False
-    fill_holes: bool = False
-    crop_to_body: bool = False
-    skip_outside_body: bool = True
+    tta: StrictBool = False
+    batch_size: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    fast: StrictBool = False
+    amp: StrictBool = True
+    largest_component: StrictBool = False
+    fill_holes: StrictBool = False
+    crop_to_body: StrictBool = False
+    skip_outside_body: StrictBool = True
 
 
 class JobCreate(Strict):
@@ -109,7 +109,7 @@ class Interaction(Strict):
     """One prompt: a positive or negative point, or a box given by two inclusive corners."""
 
     kind: Literal["point", "box"]
-    positive: bool = True
+    positive: StrictBool = True
     point: Voxel | None = None
     box: tuple[Voxel, Voxel] | None = None
     object_id: ObjectId = 1
