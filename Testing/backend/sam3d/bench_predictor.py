@@ -78,7 +78,9 @@ def main() -> None:
     print(f"preset {args.preset}, crop {size}^3, device {device}, threads {args.threads}")
     print(f"image embedding (first click)          {encode_s:8.3f} s")
     print(f"later click, cached crop               {cached_s:8.3f} s")
-    print(f"published decoder + prompt, per click  {published_s:8.3f} s   ratio {published_s / cached_s:5.2f}x")
+    print(
+        f"published decoder + prompt, per click  {published_s:8.3f} s   ratio {published_s / cached_s:5.2f}x"
+    )
     if not args.skip_encoder:
         uncached = encode_s + published_s
         print(f"uncached click (encoder + decoder)     {uncached:8.3f} s   ratio {uncached / cached_s:5.1f}x")

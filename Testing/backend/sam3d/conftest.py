@@ -37,7 +37,9 @@ def official_layout(network: Sam3D) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(network.mask_decoder.parameters(), lr=4e-4, weight_decay=0)
     return {
         "epoch": 500,
-        "best_val_loss": np.mean([np.array([[0.2]], dtype=np.float32), np.array([[0.225]], dtype=np.float32)]),
+        "best_val_loss": np.mean(
+            [np.array([[0.2]], dtype=np.float32), np.array([[0.225]], dtype=np.float32)]
+        ),
         "encoder_dict": encoder,
         "decoder_dict": {k: v.clone() for k, v in network.mask_decoder.state_dict().items()},
         "feature_dict": [*unused, prompt],

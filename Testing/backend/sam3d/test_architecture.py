@@ -31,7 +31,14 @@ def _count(parameters) -> int:
 def test_family_is_registered():
     assert FAMILIES["sam3d"] == "tsfm_backend.models.sam3d"
     module = family_module("sam3d")
-    for name in ("build", "PRESETS", "ENCODER_KEYS", "STEM_KEYS", "TRAINABLE_PATTERNS", "from_official_checkpoint"):
+    for name in (
+        "build",
+        "PRESETS",
+        "ENCODER_KEYS",
+        "STEM_KEYS",
+        "TRAINABLE_PATTERNS",
+        "from_official_checkpoint",
+    ):
         assert hasattr(module, name), name
 
 
@@ -100,10 +107,20 @@ def test_mark_trainable_freezes_sam_weights():
     names = {k for k, p in network.named_parameters() if p.requires_grad}
     assert count == _count(p for p in network.parameters() if p.requires_grad)
     assert "image_encoder.blocks.0.attn.rel_pos_d" in names and "image_encoder.depth_embed" in names
-    frozen = {"image_encoder.patch_embed.proj.weight", "image_encoder.pos_embed", "image_encoder.blocks.0.attn.qkv.weight",
-              "image_encoder.blocks.0.attn.rel_pos_h", "image_encoder.blocks.0.attn.lr", "image_encoder.blocks.1.mlp.lin1.weight"}
+    frozen = {
+        "image_encoder.patch_embed.proj.weight",
+        "image_encoder.pos_embed",
+        "image_encoder.blocks.0.attn.qkv.weight",
+        "image_encoder.blocks.0.attn.rel_pos_h",
+        "image_encoder.blocks.0.attn.lr",
+        "image_encoder.blocks.1.mlp.lin1.weight",
+    }
     assert not names & frozen
-    assert all(k in names for k, _ in network.named_parameters() if k.startswith(("prompt_encoder.", "mask_decoder.")))
+    assert all(
+        k in names
+        for k, _ in network.named_parameters()
+        if k.startswith(("prompt_encoder.", "mask_decoder."))
+    )
 
 
 def test_window_partition_round_trip_and_order():
@@ -131,7 +148,9 @@ def test_rel_pos_lookup_resamples_and_indexes_offsets():
     table = torch.arange(27, dtype=torch.float32)[:, None].repeat(1, 2)
     looked = rel_pos_lookup(table, 8)  # 27 rows resampled to 15, indexed by q - k + 7
     assert looked.shape == (8, 8, 2)
-    assert torch.equal(looked[3, 3], looked[0, 0]) and torch.equal(looked[3, 1], looked[7, 5])  # depends on q - k only
+    assert torch.equal(looked[3, 3], looked[0, 0]) and torch.equal(
+        looked[3, 1], looked[7, 5]
+    )  # depends on q - k only
     assert looked[7, 0, 0] > looked[0, 0, 0] > looked[0, 7, 0]
 
 

@@ -1,4 +1,4 @@
-"""The authors' checkpoint layout: strict loading by their key names, the model card, and safe loading only."""
+"""The authors' checkpoint layout: strict loading by their key names, the model card, safe loading only."""
 
 from __future__ import annotations
 
@@ -50,14 +50,27 @@ def test_card_records_the_published_preprocessing(tiny_network, write_official):
     assert card.family == "sam3d" and card.kind == "promptable" and card.id == "sam3d-kits"
     assert card.spacing == (1.0, 1.0, 1.0) and card.axis_order == "kji" and card.in_channels == 3
     assert card.patch_size == (32, 32, 32)  # the crop of the tiny preset; 128 for ViT-B
-    assert card.normalization == {"scheme": "ct_clip_zscore", "lower": -54.0, "upper": 247.0, "mean": 59.54, "std": 55.46}
+    assert card.normalization == {
+        "scheme": "ct_clip_zscore",
+        "lower": -54.0,
+        "upper": 247.0,
+        "mean": 59.54,
+        "std": 55.46,
+    }
     assert card.classes == {1: "kidney tumor"} and card.output == "softmax" and card.num_classes == 2
     assert card.architecture == PRESETS["tiny"]
     assert card.provenance["epoch"] == 500 and card.provenance["preset"] == "tiny"
-    assert card.provenance["best_val_loss"] == pytest.approx(0.2125) and type(card.provenance["best_val_loss"]) is float
+    assert (
+        card.provenance["best_val_loss"] == pytest.approx(0.2125)
+        and type(card.provenance["best_val_loss"]) is float
+    )
     assert ModelCard.from_json(card.to_json()) == card
-    _, lits = from_official_checkpoint(_load(write_official(tiny_network)), dataset="lits", model_id="my-lits")
-    assert lits.id == "my-lits" and lits.normalization["upper"] == 163.0 and lits.classes == {1: "liver tumor"}
+    _, lits = from_official_checkpoint(
+        _load(write_official(tiny_network)), dataset="lits", model_id="my-lits"
+    )
+    assert (
+        lits.id == "my-lits" and lits.normalization["upper"] == 163.0 and lits.classes == {1: "liver tumor"}
+    )
     with pytest.raises(CheckpointError, match="unknown 3DSAM-adapter dataset 'brats'"):
         from_official_checkpoint(_load(write_official(tiny_network)), dataset="brats")
 
@@ -79,10 +92,19 @@ def test_only_the_last_prompt_encoder_is_used(tiny_network, layout):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda c: c["encoder_dict"].pop("blocks.1.adapter.conv.weight"), "encoder_dict missing blocks.1.adapter.conv.weight"),
+        (
+            lambda c: c["encoder_dict"].pop("blocks.1.adapter.conv.weight"),
+            "encoder_dict missing blocks.1.adapter.conv.weight",
+        ),
         (lambda c: c["encoder_dict"].pop("blocks.2.attn_mask"), "encoder_dict missing blocks.2.attn_mask"),
-        (lambda c: c["decoder_dict"].update({"cls.3.bias": torch.zeros(2)}), "decoder_dict unexpected cls.3.bias"),
-        (lambda c: c["encoder_dict"].update({"depth_embed": torch.ones(1, 16, 32)}), r"depth_embed \(1, 16, 32\) != \(1, 8, 32\)"),
+        (
+            lambda c: c["decoder_dict"].update({"cls.3.bias": torch.zeros(2)}),
+            "decoder_dict unexpected cls.3.bias",
+        ),
+        (
+            lambda c: c["encoder_dict"].update({"depth_embed": torch.ones(1, 16, 32)}),
+            r"depth_embed \(1, 16, 32\) != \(1, 8, 32\)",
+        ),
         (lambda c: c["feature_dict"][0].pop("transformer.layers.0.norm4.bias"), r"feature_dict\[0\] missing"),
     ],
 )
@@ -119,7 +141,9 @@ def test_round_trip_through_our_format(tiny_network, write_official, tmp_path):
     loaded = load_model(folder)
     crop, points = torch.randn(1, 3, 32, 32, 32), torch.tensor([[[31, 0, 7]]])
     assert loaded.card == card
-    assert torch.allclose(_logits(loaded.network, crop, points), _logits(tiny_network, crop, points), atol=1e-6)
+    assert torch.allclose(
+        _logits(loaded.network, crop, points), _logits(tiny_network, crop, points), atol=1e-6
+    )
 
 
 def test_official_file_loads_through_load_model(tiny_network, write_official):
@@ -132,11 +156,16 @@ def test_official_file_loads_through_load_model(tiny_network, write_official):
         raise
     assert loaded.card.family == "sam3d"
     crop, points = torch.randn(1, 3, 32, 32, 32), torch.tensor([[[5, 6, 7]]])
-    assert torch.allclose(_logits(loaded.network, crop, points), _logits(tiny_network, crop, points), atol=1e-6)
+    assert torch.allclose(
+        _logits(loaded.network, crop, points), _logits(tiny_network, crop, points), atol=1e-6
+    )
 
 
 def test_no_unsafe_torch_load_in_sam3d_code():
-    files = [*sorted((SOURCES / "models" / "sam3d").glob("*.py")), SOURCES / "inference" / "sam3d_predictor.py"]
+    files = [
+        *sorted((SOURCES / "models" / "sam3d").glob("*.py")),
+        SOURCES / "inference" / "sam3d_predictor.py",
+    ]
     for file in files:
         for call in re.findall(r"torch\.load\([^)]*\)", file.read_text()):
             assert "weights_only=True" in call, f"{file.name}: {call}"

@@ -54,7 +54,9 @@ def test_a_moved_crop_under_the_same_key_is_encoded_again(tiny_network, crop):
     moved = torch.roll(crop, shifts=4, dims=2)
     result = predictor.predict(moved, torch.tensor([[1, 2, 3]]), crop_key="object-1")
     assert calls.count == 2
-    assert torch.allclose(result, Sam3DPredictor(tiny_network).predict(moved, torch.tensor([[1, 2, 3]])), atol=1e-6)
+    assert torch.allclose(
+        result, Sam3DPredictor(tiny_network).predict(moved, torch.tensor([[1, 2, 3]])), atol=1e-6
+    )
 
 
 def test_cache_keeps_the_most_recent_crops(tiny_network, crop):

@@ -33,7 +33,7 @@ class Adapter3D(nn.Module):
 
 
 class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of a channels-first (B, C, X, Y, Z) volume (SAM's LayerNorm2d in 3D)."""
+    """LayerNorm over the channels of a channels-first (B, C, X, Y, Z) volume (SAM's LayerNorm2d in 3D)."""
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()

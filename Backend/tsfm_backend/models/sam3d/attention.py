@@ -103,9 +103,9 @@ def decomposed_rel_pos_bias(
     bias_x = torch.einsum("bnxyzc,xkc->bnxyzk", grid_q, rx)
     bias_y = torch.einsum("bnxyzc,ykc->bnxyzk", grid_q, ry)
     bias_z = torch.einsum("bnxyzc,zkc->bnxyzk", grid_q, rz)
-    bias = (
-        bias_x[..., :, None, None] + bias_y[..., None, :, None] + bias_z[..., None, None, :]
-    ).reshape(b, heads, n, n)
+    bias = (bias_x[..., :, None, None] + bias_y[..., None, :, None] + bias_z[..., None, None, :]).reshape(
+        b, heads, n, n
+    )
     return scale * bias
 
 

@@ -60,7 +60,14 @@ class Block3D(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, window: int, shift: int, grid: int, rel_pos_size: int
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        window: int,
+        shift: int,
+        grid: int,
+        rel_pos_size: int,
     ) -> None:
         super().__init__()
         self.window = window
@@ -202,7 +209,10 @@ class ImageEncoder3D(nn.Module):
                 None embeds all S * upsample slices together.
         """
         if crop.ndim != 5 or tuple(crop.shape[2:]) != (self.crop_size,) * 3:
-            raise ValueError(f"expected a (B, C, {self.crop_size}, {self.crop_size}, {self.crop_size}) crop, got {tuple(crop.shape)}")
+            raise ValueError(
+                f"expected a (B, C, {self.crop_size}, {self.crop_size}, {self.crop_size}) crop, "
+                f"got {tuple(crop.shape)}"
+            )
         slices = self.crop_size * self.upsample
         chunk = slices if slice_chunk is None else slice_chunk
         if chunk < 1 or chunk % self.num_slice:

@@ -24,7 +24,11 @@ HEAD_NAMES = ("head2", "head3", "head4", "head5")
 
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False), nn.InstanceNorm3d(out_channels), nn.ReLU()]
+    return [
+        nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(out_channels),
+        nn.ReLU(),
+    ]
 
 
 class MLAHead(nn.Module):
@@ -33,7 +37,9 @@ class MLAHead(nn.Module):
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
         for name in HEAD_NAMES:
-            self.add_module(name, nn.Sequential(*_conv_block(in_channels, channels), *_conv_block(channels, channels)))
+            self.add_module(
+                name, nn.Sequential(*_conv_block(in_channels, channels), *_conv_block(channels, channels))
+            )
 
     def head(self, level: int) -> nn.Module:
         return getattr(self, HEAD_NAMES[level])
@@ -52,10 +58,13 @@ class MaskDecoder3D(nn.Module):
         super().__init__()
         self.mlahead = MLAHead(in_channels, channels)
         self.cls = nn.Sequential(
-            *_conv_block(4 * channels + 1, channels), nn.Conv3d(channels, num_classes, 3, padding=1, bias=False)
+            *_conv_block(4 * channels + 1, channels),
+            nn.Conv3d(channels, num_classes, 3, padding=1, bias=False),
         )
 
-    def head_maps(self, features: list[torch.Tensor], levels: range | list[int] = range(4)) -> list[torch.Tensor]:
+    def head_maps(
+        self, features: list[torch.Tensor], levels: range | list[int] = range(4)
+    ) -> list[torch.Tensor]:
         """Head outputs (B, channels, T, T, T) of the given levels, before upsampling."""
         return [self.mlahead.head(level)(features[level]) for level in levels]
 
@@ -102,7 +111,7 @@ class MaskDecoder3D(nn.Module):
     def classify_prompted(
         self, partial: torch.Tensor, prompted: torch.Tensor, prompted_level: int, crop_size: int
     ) -> torch.Tensor:
-        """Logits (B, num_classes, S, S, S), axes (A1, A2, A0), from ``static_partial`` and the prompted feature.
+        """Logits (B, num_classes, S, S, S), axes (A1, A2, A0), from ``static_partial`` and ``prompted``.
 
         Equals ``forward`` with ``prompted`` at ``prompted_level`` (up to float rounding).
         """
@@ -113,6 +122,8 @@ class MaskDecoder3D(nn.Module):
         logits = self.cls[1:](partial + F.conv3d(head, weight, padding=1))
         return F.interpolate(logits, size=(crop_size,) * 3, mode="trilinear", align_corners=True)
 
-    def forward(self, features: list[torch.Tensor], image_small: torch.Tensor, crop_size: int) -> torch.Tensor:
+    def forward(
+        self, features: list[torch.Tensor], image_small: torch.Tensor, crop_size: int
+    ) -> torch.Tensor:
         """Logits (B, num_classes, S, S, S), axes (A1, A2, A0); see ``classify``."""
         return self.classify(self.head_maps(features), image_small, crop_size)

@@ -96,7 +96,8 @@ class Sam3D(nn.Module):
     ) -> CropEmbedding:
         """The click-independent part for a (B, in_chans, S, S, S) crop, axes (A0, A1, A2).
 
-        ``slice_chunk`` / ``window_chunk`` bound memory (see ``ImageEncoder3D``); results do not depend on them.
+        ``slice_chunk`` / ``window_chunk`` bound memory (see ``ImageEncoder3D``); results do not depend
+        on them.
         """
         features = self.image_encoder(crop, slice_chunk=slice_chunk, window_chunk=window_chunk)
         image = crop[:, :1].permute(0, 1, 3, 4, 2)
@@ -105,7 +106,7 @@ class Sam3D(nn.Module):
         return CropEmbedding(features[PROMPTED_LEVEL], partial)
 
     def decode(self, embedding: CropEmbedding, points: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S, S), axes (A0, A1, A2), for (B, N, 3) clicks (a0, a1, a2) in crop voxels."""
+        """Logits (B, num_classes, S, S, S), axes (A0, A1, A2), for (B, N, 3) clicks (a0, a1, a2) in the crop."""
         prompted = self.prompt_encoder(embedding.prompted_feature, points, self.crop_size)
         logits = self.mask_decoder.classify_prompted(
             embedding.static_partial, prompted, PROMPTED_LEVEL, self.crop_size

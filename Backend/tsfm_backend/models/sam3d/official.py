@@ -35,10 +35,38 @@ PARTS = ("encoder_dict", "decoder_dict", "feature_dict")
 
 # Per published dataset: HU clip, global foreground mean/std (from the authors' data loader) and target.
 DATASETS: dict[str, dict[str, Any]] = {
-    "kits": {"lower": -54.0, "upper": 247.0, "mean": 59.54, "std": 55.46, "name": "kidney tumor", "data": "KiTS21"},
-    "lits": {"lower": -48.0, "upper": 163.0, "mean": 60.06, "std": 40.20, "name": "liver tumor", "data": "LiTS17"},
-    "pancreas": {"lower": -39.0, "upper": 204.0, "mean": 68.45, "std": 63.42, "name": "pancreas tumor", "data": "MSD Pancreas"},
-    "colon": {"lower": -57.0, "upper": 175.0, "mean": 65.18, "std": 32.65, "name": "colon cancer", "data": "MSD Colon"},
+    "kits": {
+        "lower": -54.0,
+        "upper": 247.0,
+        "mean": 59.54,
+        "std": 55.46,
+        "name": "kidney tumor",
+        "data": "KiTS21",
+    },
+    "lits": {
+        "lower": -48.0,
+        "upper": 163.0,
+        "mean": 60.06,
+        "std": 40.20,
+        "name": "liver tumor",
+        "data": "LiTS17",
+    },
+    "pancreas": {
+        "lower": -39.0,
+        "upper": 204.0,
+        "mean": 68.45,
+        "std": 63.42,
+        "name": "pancreas tumor",
+        "data": "MSD Pancreas",
+    },
+    "colon": {
+        "lower": -57.0,
+        "upper": 175.0,
+        "mean": 65.18,
+        "std": 32.65,
+        "name": "colon cancer",
+        "data": "MSD Colon",
+    },
 }
 
 Shapes = dict[str, tuple[int, ...]]
@@ -79,15 +107,19 @@ def _differences(label: str, expected: Shapes, found: Mapping[str, torch.Tensor]
 def _check_layout(checkpoint: Mapping[str, Any]) -> list[Mapping[str, torch.Tensor]]:
     for part in PARTS:
         if part not in checkpoint:
-            raise CheckpointError(f"3DSAM-adapter checkpoint has no {part!r} (keys: {sorted(checkpoint)[:8]})")
+            raise CheckpointError(
+                f"3DSAM-adapter checkpoint has no {part!r} (keys: {sorted(checkpoint)[:8]})"
+            )
     features = checkpoint["feature_dict"]
     if not isinstance(features, (list, tuple)) or len(features) != 4:
-        raise CheckpointError("3DSAM-adapter checkpoint: 'feature_dict' must be a list of 4 prompt-encoder state_dicts")
+        raise CheckpointError(
+            "3DSAM-adapter checkpoint: 'feature_dict' must be a list of 4 prompt-encoder state_dicts"
+        )
     return list(features)
 
 
 def checkpoint_differences(checkpoint: Mapping[str, Any], architecture: Mapping[str, Any]) -> list[str]:
-    """Every key or shape of the authors' checkpoint that does not fit ``architecture`` (empty when it fits)."""
+    """Every key or shape of the authors' checkpoint that does not fit ``architecture`` (empty: it fits)."""
     features = _check_layout(checkpoint)
     expected = official_shapes(architecture)
     found = [
@@ -107,7 +139,9 @@ def match_preset(checkpoint: Mapping[str, Any]) -> str:
     lines = report[closest]
     more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
     raise CheckpointError(
-        f"3DSAM-adapter checkpoint fits no known architecture; against {closest!r}: " + "; ".join(lines[:6]) + more
+        f"3DSAM-adapter checkpoint fits no known architecture; against {closest!r}: "
+        + "; ".join(lines[:6])
+        + more
     )
 
 
@@ -130,7 +164,8 @@ def sam3d_card(
 ) -> ModelCard:
     """The card of a 3DSAM-adapter model: 1 mm crops, the dataset's HU clip and global z-score, 3 channels.
 
-    Crop axes (A0, A1, A2) are the array axes (K, J, I), A0 = the slice axis, as the authors' loader gives them.
+    Crop axes (A0, A1, A2) are the array axes (K, J, I), A0 = the slice axis, as the authors' loader
+    gives them.
     """
     if dataset not in DATASETS:
         raise CheckpointError(f"unknown 3DSAM-adapter dataset {dataset!r}; known: {sorted(DATASETS)}")
@@ -155,13 +190,17 @@ def sam3d_card(
         patch_size=(crop, crop, crop),
         output="softmax",
         license="unspecified (the authors' repository states no license)",
-        provenance={"source": "3DSAM-adapter (med-air), arXiv 2306.13465", "data": stats["data"], **provenance},
+        provenance={
+            "source": "3DSAM-adapter (med-air), arXiv 2306.13465",
+            "data": stats["data"],
+            **provenance,
+        },
         description=f"3DSAM-adapter promptable {stats['name']} model: one click, a {crop} mm cube around it.",
     )
 
 
 def is_official_checkpoint(checkpoint: Any) -> bool:
-    """Whether a loaded torch file has the authors' top-level layout (its contents are checked on conversion)."""
+    """Whether a loaded torch file has the authors' top-level layout (contents are checked on conversion)."""
     return isinstance(checkpoint, Mapping) and all(part in checkpoint for part in PARTS)
 
 
@@ -175,7 +214,11 @@ def convert_official_checkpoint(
     """
     preset = match_preset(checkpoint)
     state_dict = {
-        **{f"image_encoder.{k}": v for k, v in checkpoint["encoder_dict"].items() if not k.endswith(".attn_mask")},
+        **{
+            f"image_encoder.{k}": v
+            for k, v in checkpoint["encoder_dict"].items()
+            if not k.endswith(".attn_mask")
+        },
         **{f"prompt_encoder.{k}": v for k, v in checkpoint["feature_dict"][PROMPTED_LEVEL].items()},
         **{f"mask_decoder.{k}": v for k, v in checkpoint["decoder_dict"].items()},
     }
@@ -193,10 +236,10 @@ def convert_official_checkpoint(
 def from_official_checkpoint(
     checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
 ) -> tuple[nn.Module, ModelCard]:
-    """Build ``Sam3D`` from an authors' checkpoint dict (as ``torch.load(..., weights_only=True)`` returns it).
+    """Build ``Sam3D`` from an authors' checkpoint dict (as ``torch.load(weights_only=True)`` returns it).
 
     Args:
-        checkpoint: ``{"encoder_dict", "decoder_dict", "feature_dict": [4], ...}`` with the authors' key names.
+        checkpoint: ``{"encoder_dict", "decoder_dict", "feature_dict": [4], ...}``, the authors' key names.
         dataset: which published model it is (``kits``, ``lits``, ``pancreas``, ``colon``): sets the card's
             intensity normalisation and class name.
         model_id: card id; defaults to ``sam3d-<dataset>``.

@@ -20,7 +20,7 @@ NUM_GLOBAL_QUERIES = 10
 
 
 class TokenAttention(nn.Module):
-    """Multi-head attention whose projections may narrow to ``dim // downsample_rate`` (SAM's decoder attention)."""
+    """Multi-head attention with projections narrowed to ``dim // downsample_rate`` (as in SAM's decoder)."""
 
     def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -137,4 +137,3 @@ class PromptEncoder3D(nn.Module):
         image = features.flatten(2).transpose(1, 2)
         image = self.transformer(image, clicks)
         return image.transpose(1, 2).reshape(features.shape)
-
