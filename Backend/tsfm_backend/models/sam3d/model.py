@@ -106,7 +106,7 @@ class Sam3D(nn.Module):
         return CropEmbedding(features[PROMPTED_LEVEL], partial)
 
     def decode(self, embedding: CropEmbedding, points: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, S, S, S), axes (A0, A1, A2), for (B, N, 3) clicks (a0, a1, a2) in the crop."""
+        """Logits (B, num_classes, S, S, S), axes (A0, A1, A2), for (B, N, 3) crop clicks (a0, a1, a2)."""
         prompted = self.prompt_encoder(embedding.prompted_feature, points, self.crop_size)
         logits = self.mask_decoder.classify_prompted(
             embedding.static_partial, prompted, PROMPTED_LEVEL, self.crop_size
