@@ -24,6 +24,7 @@ PRESETS: dict[str, dict] = {
 
 STEM_KEYS = ("project.",)
 ENCODER_KEYS = ("project.", "encoder.")
+HEAD_KEYS = ("out_layers.",)
 
 
 def _conv(cin: int, cout: int, dim: int, stride: int = 1) -> nn.Conv3d:

@@ -28,6 +28,7 @@ PRESETS: dict[str, dict] = {
 
 STEM_KEYS = ("embeddings.0.proj.", "embeddings.1.proj.", "embeddings.2.proj.")
 ENCODER_KEYS = ("embeddings.", "pyramid_ct.down", "pyramid_ct.convtrans_e")
+HEAD_KEYS = tuple(f"pred_heads.{i}.out_conv" for i in range(3)) + ("pyramid_ct.out_conv",)
 
 
 def _kernel(dim: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

@@ -195,14 +195,6 @@ def build(
     return network
 
 
-def minimum_input_size(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> tuple[int, int, int]:
-    """Smallest (Z, Y, X) patch the pool kernels divide: the product of the kernels per axis."""
-    size = [1, 1, 1]
-    for kernel in pool_op_kernel_sizes:
-        size = [s * k for s, k in zip(size, kernel, strict=True)]
-    return tuple(size)  # type: ignore[return-value]
-
-
 def architecture_from_state_dict(state_dict: dict) -> dict:
     """STU-Net constructor kwargs read off the weight shapes: input channels, classes, depth, dims.
 

@@ -58,12 +58,12 @@ def test_pymic_pctnet_with_its_input_size(tmp_path, capsys):
     assert loaded.card.provenance["iteration"] == 80000
 
 
-def test_pymic_pctnet_ct10k_layout_is_recognised(tmp_path):
-    network = pctnet.build(1, 5, "ct10k")
-    path = write_pymic_checkpoint(tmp_path / "pctnet_ct10k_volf.pt", network)
-    _, card, fmt = read_checkpoint(path)
-    assert fmt == "pymic" and card.architecture == {"in_chns": 1, "class_num": 5, "preset": "ct10k"}
-    assert card.id == "pctnet_ct10k_volf" and card.patch_size == (64, 128, 128)
+def test_pymic_pctnet_ct10k_layout_is_recognised_from_its_shapes():
+    from tsfm_backend.formats.pymic import pctnet_architecture
+
+    with torch.device("meta"):
+        state_dict = pctnet.build(1, 5, "ct10k").state_dict()
+    assert pctnet_architecture(state_dict) == {"in_chns": 1, "class_num": 5, "preset": "ct10k"}
 
 
 def test_pymic_fmunet(tmp_path, capsys):
