@@ -2,7 +2,8 @@
 
 Family interface: ``build(**architecture)``, ``PRESETS``, ``ENCODER_KEYS`` / ``STEM_KEYS`` (state_dict
 prefixes), ``TRAINABLE_PATTERNS`` (what parameter-efficient fine-tuning trains, as in the paper) and
-``from_official_checkpoint`` for the authors' ``{encoder_dict, decoder_dict, feature_dict}`` files.
+``from_official_checkpoint`` for the authors' ``{encoder_dict, decoder_dict, feature_dict}`` files, and
+``init_from_sam`` to start adapter fine-tuning from Segment Anything's 2D image encoder.
 
 The network is promptable: ``Sam3D.forward(crop, points)`` takes a (B, 3, S, S, S) crop and clicks;
 ``tsfm_backend.inference.sam3d_predictor`` runs it interactively with a cached image embedding.
@@ -25,6 +26,7 @@ from .official import (
     sam3d_card,
 )
 from .presets import PRESETS
+from .sam_init import init_from_sam, sam_shared_keys
 
 __all__ = [
     "DATASETS",
@@ -37,11 +39,13 @@ __all__ = [
     "build",
     "convert_official_checkpoint",
     "from_official_checkpoint",
+    "init_from_sam",
     "is_official_checkpoint",
     "is_trainable",
     "mark_trainable",
     "match_preset",
     "sam3d_card",
+    "sam_shared_keys",
 ]
 
 ENCODER_KEYS = ("image_encoder.",)
