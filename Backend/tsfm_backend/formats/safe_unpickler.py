@@ -69,9 +69,13 @@ def load_plans_pickle(path: str | Path) -> Any:
 def _numpy_safe_globals() -> list[Any]:
     """numpy types nnU-Net checkpoints hold beside the weights (training curves, plans inside init_args)."""
     dtype_classes = [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
+    multiarray = _NUMPY_MULTIARRAY.multiarray
     return [
-        _NUMPY_MULTIARRAY.multiarray.scalar,
-        _NUMPY_MULTIARRAY.multiarray._reconstruct,
+        multiarray.scalar,
+        multiarray._reconstruct,
+        # Files written with numpy 1.x name these functions under numpy.core.
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
         np.ndarray,
         np.dtype,
         *dtype_classes,

@@ -57,3 +57,23 @@ def test_truncated_pickle_is_a_checkpoint_error(tmp_path):
     path.write_bytes(pickle.dumps({"a": 1})[:5])
     with pytest.raises(ValueError, match="not a readable plans pickle"):
         load_plans_pickle(path)
+
+
+def test_numpy_1_checkpoints_with_numpy_core_names_still_load(tmp_path):
+    """Checkpoints pickled under numpy 1.x refer to numpy.core.multiarray.scalar/_reconstruct."""
+    import numpy as np
+    from tsfm_backend.formats.safe_unpickler import torch_load
+
+    functions = (np._core.multiarray.scalar, np._core.multiarray._reconstruct)
+    original = [f.__module__ for f in functions]
+    path = tmp_path / "old.model"
+    try:
+        for function in functions:
+            function.__module__ = "numpy.core.multiarray"
+        torch.save({"best": np.float64(0.5), "curve": np.arange(3.0)}, path)
+    finally:
+        for function, module in zip(functions, original, strict=True):
+            function.__module__ = module
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    loaded = torch_load(path)
+    assert loaded["best"] == 0.5 and loaded["curve"].tolist() == [0.0, 1.0, 2.0]
