@@ -17,9 +17,16 @@ import slicer
 import vtk
 
 from . import terminology
-from .volumes import image_geometry, labelmap_node_on_volume_grid, node_to_world, numpy_to_vtk_matrix
+from .volumes import (
+    image_geometry,
+    labelmap_node_on_volume_grid,
+    node_to_world,
+    numpy_to_vtk_matrix,
+    vtk_matrix_to_numpy,
+)
 
 Extent = tuple[int, int, int, int, int, int]  # i0, i1, j0, j1, k0, k1 inclusive (VTK order)
+GRID_TOLERANCE_MM = 1e-4
 
 
 def labels_to_segmentation(
@@ -127,6 +134,12 @@ def _image_array(image) -> np.ndarray:  # noqa: ANN001
 
 def read_segment_crop(segmentation_node, segment_id: str, volume_node, extent: Extent) -> np.ndarray:  # noqa: ANN001
     """uint8 {0, 1} (K, J, I) of one segment over ``extent`` of the volume's grid."""
+    internal = _internal_labelmap_on_grid(segmentation_node, segment_id, volume_node)
+    if internal is not None:
+        # The usual case (segments on the volume's grid): read the crop straight from the layer, at a
+        # cost that grows with the crop, not with the volume or the number of segments.
+        label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+        return _values_over_extent(internal, extent, label)
     reference = _grid_image(segmentation_node, volume_node, extent)
     labelmap = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
@@ -138,28 +151,52 @@ def read_segment_crop(segmentation_node, segment_id: str, volume_node, extent: E
     return _values_over_extent(resampled, extent)
 
 
-def _values_over_extent(image, extent: Extent) -> np.ndarray:  # noqa: ANN001
-    """uint8 {0, 1} (K, J, I) of an image on the reference grid, over ``extent`` (zero where it ends)."""
+def _internal_labelmap_on_grid(segmentation_node, segment_id: str, volume_node):  # noqa: ANN001, ANN202
+    """The segment's labelmap layer when its voxels coincide with the volume's voxels, else None."""
+    internal = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if internal is None or internal.GetPointData().GetScalars() is None:
+        return None
+    if internal.GetNumberOfScalarComponents() != 1:
+        return None
+    to_segmentation = vtk.vtkMatrix4x4()
+    internal.GetImageToWorldMatrix(to_segmentation)
+    grid = np.linalg.inv(node_to_world(segmentation_node)) @ image_geometry(volume_node).ijk_to_world
+    if not np.allclose(vtk_matrix_to_numpy(to_segmentation), grid, atol=GRID_TOLERANCE_MM):
+        return None
+    return internal
+
+
+def _values_over_extent(image, extent: Extent, label: int | None = None) -> np.ndarray:  # noqa: ANN001
+    """uint8 {0, 1} (K, J, I) of an image on the reference grid, over ``extent`` (zero where it ends).
+
+    A voxel is 1 where the image is nonzero, or equals ``label`` when one is given (shared layers).
+    """
     wanted = np.zeros(extent_shape(extent), np.uint8)
     have = image.GetExtent()
     low = [max(extent[2 * a], have[2 * a]) for a in range(3)]
     high = [min(extent[2 * a + 1], have[2 * a + 1]) for a in range(3)]
     if image.GetPointData().GetScalars() is None or any(high[a] < low[a] for a in range(3)):
         return wanted
-    source = _image_array(image)
-    wanted[low[2] - extent[4]:high[2] - extent[4] + 1, low[1] - extent[2]:high[1] - extent[2] + 1,
-           low[0] - extent[0]:high[0] - extent[0] + 1] = source[
+    source = _image_array(image)[
         low[2] - have[4]:high[2] - have[4] + 1, low[1] - have[2]:high[1] - have[2] + 1,
-        low[0] - have[0]:high[0] - have[0] + 1] > 0
+        low[0] - have[0]:high[0] - have[0] + 1]
+    wanted[low[2] - extent[4]:high[2] - extent[4] + 1, low[1] - extent[2]:high[1] - extent[2] + 1,
+           low[0] - extent[0]:high[0] - extent[0] + 1] = (source > 0) if label is None else (source == label)
     return wanted
 
 
 def write_segment_crop(segmentation_node, segment_id: str, volume_node, extent: Extent,  # noqa: ANN001
                        mask: np.ndarray) -> None:
     """Replace one segment's voxels inside ``extent`` (and only there) by ``mask`` (K, J, I)."""
-    # Slicer's merge modes do not take effect on every labelmap layer layout, while a plain replace
-    # always does; so the replace covers the segment's whole occupied region plus the crop, and
-    # carries the segment's own voxels outside the crop unchanged.
+    if _write_in_layer(segmentation_node, segment_id, volume_node, extent, mask):
+        return
+    segmentation = segmentation_node.GetSegmentation()
+    if len(segmentation.GetSegmentIDsForLayer(segmentation.GetLayerIndex(segment_id))) > 1:
+        # A layer of its own, so that new voxels never take another segment's voxels in a shared layer
+        # (whether they may is the overwrite mode's decision, made before this write).
+        segmentation.SeparateSegmentLabelmap(segment_id)
+    # A plain replace works for every layer layout; it covers the segment's whole occupied region plus
+    # the crop and carries the segment's own voxels outside the crop unchanged.
     region = _union(extent, _occupied_extent(segmentation_node, segment_id, volume_node))
     values = read_segment_crop(segmentation_node, segment_id, volume_node, region)
     values[extent[4] - region[4]:extent[5] - region[4] + 1, extent[2] - region[2]:extent[3] - region[2] + 1,
@@ -170,8 +207,41 @@ def write_segment_crop(segmentation_node, segment_id: str, volume_node, extent: 
         raise RuntimeError(f"Slicer could not write segment '{segment_id}'")
 
 
+def _write_in_layer(segmentation_node, segment_id: str, volume_node, extent: Extent,  # noqa: ANN001
+                    mask: np.ndarray) -> bool:
+    """Write the crop straight into the segment's labelmap layer when that is safe; False otherwise.
+
+    Safe means: the layer lies on the volume grid and covers the crop, and the write either only
+    removes this segment's voxels or the segment has the layer to itself.
+    """
+    internal = _internal_labelmap_on_grid(segmentation_node, segment_id, volume_node)
+    if internal is None:
+        return False
+    have = internal.GetExtent()
+    if any(extent[2 * a] < have[2 * a] or extent[2 * a + 1] > have[2 * a + 1] for a in range(3)):
+        return False
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    label = segment.GetLabelValue()
+    region = _image_array(internal)[
+        extent[4] - have[4]:extent[5] - have[4] + 1, extent[2] - have[2]:extent[3] - have[2] + 1,
+        extent[0] - have[0]:extent[1] - have[0] + 1]
+    adds = (mask > 0) & (region != label)
+    shared = len(segmentation.GetSegmentIDsForLayer(segmentation.GetLayerIndex(segment_id))) > 1
+    if adds.any() and shared:
+        return False
+    region[(mask == 0) & (region == label)] = 0
+    region[adds] = label
+    internal.Modified()
+    segment.Modified()
+    return True
+
+
 def _occupied_extent(segmentation_node, segment_id: str, volume_node) -> Extent | None:  # noqa: ANN001
     """The volume-grid extent around a segment's labelmap (None when it holds nothing)."""
+    internal = _internal_labelmap_on_grid(segmentation_node, segment_id, volume_node)
+    if internal is not None:
+        return _clip_extent(internal.GetExtent(), image_geometry(volume_node).shape_kji)
     labelmap = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
     if labelmap.IsEmpty():
@@ -187,6 +257,12 @@ def _occupied_extent(segmentation_node, segment_id: str, volume_node) -> Extent 
     low = np.clip(np.floor(ijk.min(axis=0) - 1), 0, np.array(shape_ijk) - 1).astype(int)
     high = np.clip(np.ceil(ijk.max(axis=0) + 1), 0, np.array(shape_ijk) - 1).astype(int)
     return (low[0], high[0], low[1], high[1], low[2], high[2])
+
+
+def _clip_extent(extent: tuple[int, ...], shape_kji: tuple[int, int, int]) -> Extent | None:
+    sizes = (shape_kji[2], shape_kji[1], shape_kji[0])
+    clipped = tuple(max(extent[n], 0) if n % 2 == 0 else min(extent[n], sizes[n // 2] - 1) for n in range(6))
+    return None if any(clipped[2 * a + 1] < clipped[2 * a] for a in range(3)) else clipped
 
 
 def _union(a: Extent, b: Extent | None) -> Extent:
