@@ -69,6 +69,8 @@ def read_checkpoint(
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_dir() and not ours.detect(path):
+        path = _checkpoint_in_folder(path)
     for name, module_name in PATH_FORMATS.items():
         module = importlib.import_module(module_name)
         if module.detect(path):
@@ -87,6 +89,20 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: a torch file of no known checkpoint layout (top level: {keys})")
     formats = ", ".join([*PATH_FORMATS, *CONTENT_FORMATS])
     raise CheckpointError(f"{path}: not a checkpoint format this backend knows; supported: {formats}")
+
+
+def _checkpoint_in_folder(folder: Path) -> Path:
+    """The one checkpoint in an nnU-Net results folder (``fold_*/checkpoint_final.pth`` or ``*.model``)."""
+    candidates = sorted(
+        {*folder.glob("checkpoint_final.pth"), *folder.glob("fold_*/checkpoint_final.pth"),
+         *folder.glob("*.model"), *folder.glob("fold_*/*.model")}
+    )
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(f"{folder}: no model.json/model.safetensors, checkpoint_final.pth or .model inside")
+    names = ", ".join(str(c.relative_to(folder)) for c in candidates)
+    raise CheckpointError(f"{folder}: several checkpoints ({names}); give the file to use")
 
 
 def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor]) -> nn.Module:

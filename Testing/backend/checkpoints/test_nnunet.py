@@ -126,3 +126,15 @@ def test_v2_region_labels_are_refused_by_name(tmp_path):
     (tmp_path / "run" / "dataset.json").write_text(json.dumps(dataset))
     with pytest.raises(CheckpointError, match="region-based label 'whole'"):
         read_checkpoint(path)
+
+
+def test_a_results_folder_with_one_fold_resolves_to_its_checkpoint(tmp_path):
+    pools = [[2, 2, 2]] * 4 + [[1, 1, 1]]
+    folder = tmp_path / "STUNetTrainer__nnUNetPlans__3d_fullres"
+    write_v2_results(folder, stunet_for("tiny", 2, pools), "STUNetTrainer", {"tumour": 1})
+    _, card, fmt = read_checkpoint(folder)
+    assert fmt == "nnunet_v2" and card.provenance["source"].endswith("fold_0/checkpoint_final.pth")
+    (folder / "fold_1").mkdir()
+    (folder / "fold_1" / "checkpoint_final.pth").write_bytes((folder / "fold_0" / "checkpoint_final.pth").read_bytes())
+    with pytest.raises(CheckpointError, match=r"several checkpoints \(fold_0/checkpoint_final.pth, fold_1/"):
+        read_checkpoint(folder)

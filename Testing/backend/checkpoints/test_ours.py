@@ -72,8 +72,11 @@ def test_corrupt_weights_and_bad_cards_are_specific_errors(tmp_path):
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(UnknownFamilyError, match="unknown model family 'unet9000'"):
         load_model(folder)
-    with pytest.raises(CheckpointError, match="not a checkpoint format"):
+    with pytest.raises(CheckpointError, match="no model.json/model.safetensors, checkpoint_final.pth or .model"):
         load_model(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.txt: not a checkpoint format"):
+        load_model(tmp_path / "notes.txt")
 
 
 def test_loading_onto_a_device_and_the_empty_store(tmp_path):
