@@ -66,18 +66,28 @@ def _covering(low: np.ndarray, high: np.ndarray, minimum: Voxel, base: Voxel, sh
     return Roi(tuple(start), size, grid)  # type: ignore[arg-type]
 
 
+def _well_inside(point: np.ndarray, roi: Roi) -> bool:
+    edge = np.maximum(1, (np.asarray(roi.size) * EDGE_FRACTION).astype(int))
+    low = np.asarray(roi.start) + edge
+    high = np.asarray(roi.start) + np.asarray(roi.size) - 1 - edge
+    return bool(np.all((point >= low) & (point <= high)))
+
+
 def place(current: Roi | None, points: Sequence[Voxel], base: Voxel, shape: Voxel, fit: Fit) -> Roi:
-    """The ROI for an object's prompts: ``current`` while the newest prompt sits well inside it, else
-    a new ROI of at least ``base`` covering all prompts (with a margin)."""
+    """The ROI for an object's prompts (the newest last).
+
+    ``current`` while the newest prompt sits well inside it; else a new ROI of at least ``base``
+    covering all prompts with a margin; and when the prompts spread wider than the largest ROI, one
+    of ``base`` size around the newest prompt (a local correction far from the rest).
+    """
     coords = np.asarray(points, dtype=int).reshape(-1, 3)
-    if current is not None:
-        newest = coords[-1]
-        edge = np.maximum(1, (np.asarray(current.size) * EDGE_FRACTION).astype(int))
-        low = np.asarray(current.start) + edge
-        high = np.asarray(current.start) + np.asarray(current.size) - 1 - edge
-        if np.all((newest >= low) & (newest <= high)):
-            return current
-    return _covering(coords.min(0), coords.max(0), base, base, shape, fit)
+    newest = coords[-1]
+    if current is not None and _well_inside(newest, current):
+        return current
+    roi = _covering(coords.min(0), coords.max(0), base, base, shape, fit)
+    if not _well_inside(newest, roi):
+        roi = _covering(newest, newest, base, base, shape, fit)
+    return roi
 
 
 def touches_inner_border(region: np.ndarray, roi: Roi, shape: Voxel) -> bool:
