@@ -12,6 +12,7 @@ crop in the volume are the caller's job; this module works in crop voxels.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from tsfm_backend.models.sam3d import CropEmbedding, Sam3D
+
+LOG = logging.getLogger(__name__)
 
 # Upsampled slices patch-embedded at once, in units of the network's num_slice (8 x 16 = 128 for ViT-B):
 # about 0.4 GB of activations, instead of 1.6 GB for all 512 slices of a 128^3 crop.
@@ -63,8 +66,12 @@ class Sam3DPredictor:
         self.crop_size = network.crop_size
         self.in_channels = encoder.patch_embed.proj.in_channels
         self.slice_chunk = slice_chunk if slice_chunk is not None else SLICE_CHUNK_MERGES * encoder.num_slice
-        if window_chunk is None and self.device.type == "cpu":
-            window_chunk = CPU_WINDOW_CHUNK
+        if self.device.type == "cpu":
+            window_chunk = CPU_WINDOW_CHUNK if window_chunk is None else window_chunk
+            LOG.info(
+                "3DSAM-adapter runs on the CPU: each new crop's image embedding takes a long time "
+                "(minutes for ViT-B); further clicks in the same crop reuse it"
+            )
         self.window_chunk = window_chunk
         self.cache_size = cache_size
         self._cache: OrderedDict[Hashable, _CachedCrop] = OrderedDict()

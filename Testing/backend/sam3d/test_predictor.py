@@ -112,3 +112,9 @@ def test_vit_b_on_the_gpu_reuses_the_embedding():
     second = predictor.predict(crop, torch.tensor([[64, 64, 64]]), crop_key=0)
     assert calls.count == 1 and first.shape == (128, 128, 128)
     assert torch.allclose(first, second)
+
+
+def test_running_on_the_cpu_is_announced(tiny_network, caplog):
+    with caplog.at_level("INFO", logger="tsfm_backend.inference.sam3d_predictor"):
+        Sam3DPredictor(tiny_network, device="cpu")
+    assert "runs on the CPU" in caplog.text
