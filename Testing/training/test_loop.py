@@ -66,11 +66,13 @@ def test_schedules_follow_their_formulas(tmp_path):
     assert lr_factor(60, cosine) == pytest.approx(0.5)
     assert lr_factor(109, cosine) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert lr_factor(5, config(tmp_path, schedule="constant", warmup_steps=0)) == 1.0
+    step = config(tmp_path, steps=100, schedule="step", step_every=20, step_gamma=0.5, warmup_steps=0)
+    assert [lr_factor(s, step) for s in (0, 19, 20, 45, 99)] == [1.0, 1.0, 0.5, 0.25, 0.0625]
 
 
 @pytest.mark.parametrize("field, value, words", [
     ("optimizer", "rmsprop", "optimizer"), ("schedule", "step", "schedule"), ("steps", 0, "steps"),
-    ("warmup_steps", 12, "warmup_steps"), ("grad_clip", -1.0, "grad_clip"),
+    ("warmup_steps", 12, "warmup_steps"), ("grad_clip", -1.0, "grad_clip"), ("schedule", "step", "step_every"),
 ])
 def test_bad_settings_are_named(tmp_path, field, value, words):
     with pytest.raises(ValueError, match=words):

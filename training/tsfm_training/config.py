@@ -3,7 +3,7 @@
 A config names its recipe (``recipe: supervised``) and holds the recipe's sections (``data``, ``model``,
 ``objective``, ``loop``...). ``extends: other.yaml`` (relative to the file) starts from that file and
 deep-merges this one over it, which is how each ``*_smoke.yaml`` shrinks a published recipe without
-repeating it. Relative paths stay relative to the working directory, so a run is reproducible from the
+repeating it (``key!:`` replaces a mapping instead of merging into it). Relative paths stay relative to the working directory, so a run is reproducible from the
 repository root.
 """
 
@@ -24,10 +24,15 @@ class ConfigError(ValueError):
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``: nested mappings merge, everything else (lists included) is replaced."""
+    """``update`` over ``base``: nested mappings merge, everything else (lists included) is replaced.
+
+    A key written ``name!`` in ``update`` replaces ``name`` wholesale instead of merging into it.
+    """
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(key, str) and key.endswith("!"):
+            merged[key[:-1]] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

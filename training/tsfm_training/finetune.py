@@ -34,14 +34,21 @@ def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name.startswith(prefix) for prefix in prefixes)
 
 
+def family_keys(family, name: str) -> tuple[str, ...]:
+    """A family's key prefixes ``name`` (``HEAD_KEYS``...); a per-backbone mapping contributes all its values."""
+    keys = getattr(family, name, ())
+    if isinstance(keys, dict):
+        return tuple(prefix for values in keys.values() for prefix in values)
+    return tuple(keys)
+
+
 def transfer_weights(network: nn.Module, state_dict: dict[str, torch.Tensor], family,
                      strict: bool = True) -> dict[str, list[str]]:
     """Copy ``state_dict`` into ``network`` as described in the module docstring.
 
     Returns ``{"loaded": [...], "tiled": [...], "new_head": [...], "missing": [...]}`` (key names).
     """
-    stem = tuple(getattr(family, "STEM_KEYS", ()))
-    head = tuple(getattr(family, "HEAD_KEYS", ()))
+    stem, head = family_keys(family, "STEM_KEYS"), family_keys(family, "HEAD_KEYS")
     target = network.state_dict()
     report: dict[str, list[str]] = {"loaded": [], "tiled": [], "new_head": [], "missing": []}
     updated: dict[str, torch.Tensor] = {}
@@ -91,7 +98,7 @@ def trainable_names(network: nn.Module, family, mode: str) -> set[str]:
     if mode not in MODES:
         raise ValueError(f"fine-tuning mode {mode!r} is not one of {MODES}")
     names = {name for name, _ in network.named_parameters()}
-    encoder = tuple(getattr(family, "ENCODER_KEYS", ()))
+    encoder = family_keys(family, "ENCODER_KEYS")
     if mode == "full":
         return names
     if mode in ("frozen_encoder", "decoder_only") and not encoder:
@@ -99,12 +106,12 @@ def trainable_names(network: nn.Module, family, mode: str) -> set[str]:
     if mode == "frozen_encoder":
         return {n for n in names if not _matches(n, encoder)}
     if mode == "decoder_only":
-        frozen = encoder + tuple(getattr(family, "BOTTLENECK_KEYS", ()))
+        frozen = encoder + family_keys(family, "BOTTLENECK_KEYS")
         return {n for n in names if not _matches(n, frozen)}
     patterns = getattr(family, "TRAINABLE_PATTERNS", None)
     if patterns:
         return {n for n in names if any(fnmatchcase(n, p) for p in patterns)}
-    head = tuple(getattr(family, "HEAD_KEYS", ()))
+    head = family_keys(family, "HEAD_KEYS")
     norms = {f"{m}.{p}" if m else p for m, module in network.named_modules() if _is_norm(module)
              for p, _ in module.named_parameters(recurse=False)}
     return {n for n in names if n in norms or _matches(n, head)}

@@ -32,7 +32,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("poly", "cosine", "constant")
+SCHEDULES = ("poly", "cosine", "constant", "step")
 CHECKPOINT_NAME = "last.pt"
 
 Batch = dict[str, torch.Tensor]
@@ -49,7 +49,8 @@ class LoopConfig:
     """Everything the loop needs besides model, data and loss. Steps count optimiser steps, not epochs.
 
     ``schedule``: ``poly`` is ``lr·(1 - t/steps)^poly_power`` (nnU-Net, power 0.9), ``cosine`` decays to
-    ``min_lr`` after a linear warm-up (SuPreM), ``constant`` keeps ``lr``. ``warmup_steps`` applies to all.
+    ``min_lr`` after a linear warm-up (SuPreM), ``constant`` keeps ``lr``, ``step`` multiplies it by
+    ``step_gamma`` every ``step_every`` steps (PyMIC's StepLR). ``warmup_steps`` applies to all.
     ``amp`` uses float16 with a gradient scaler on CUDA and bfloat16 autocast on the CPU.
     ``checkpoint_every`` 0 writes ``last.pt`` only at the end; ``validate_every`` 0 validates only at the end.
     """
@@ -70,6 +71,8 @@ class LoopConfig:
     nesterov: bool = True
     poly_power: float = 0.9
     min_lr: float = 0.0
+    step_every: int = 0
+    step_gamma: float = 0.5
     max_nonfinite_steps: int = 10
     validate_every: int = 0
     device: str = "auto"
@@ -89,6 +92,8 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.warmup_steps must be in [0, steps), got {self.warmup_steps!r}")
         if self.grad_clip is not None and not float(self.grad_clip) > 0:
             raise ValueError(f"LoopConfig.grad_clip must be > 0 or null, got {self.grad_clip!r}")
+        if self.schedule == "step" and int(self.step_every) < 1:
+            raise ValueError(f"LoopConfig.step_every must be >= 1 for the step schedule, got {self.step_every!r}")
         if int(self.max_nonfinite_steps) < 1:
             raise ValueError(f"LoopConfig.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps!r}")
         self.steps, self.warmup_steps = int(self.steps), int(self.warmup_steps)
@@ -121,6 +126,8 @@ def lr_factor(step: int, config: LoopConfig) -> float:
         return floor + (1.0 - floor) * (1.0 - progress) ** config.poly_power
     if config.schedule == "cosine":
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.step_gamma ** ((step - config.warmup_steps) // config.step_every)
     return 1.0
 
 

@@ -33,19 +33,14 @@ def family_of(card):
 
 def training_network(card, deep_supervision: bool = False) -> nn.Module:
     """The card's network in train mode; with ``deep_supervision`` it returns all decoder outputs
-    (full resolution first) when the family supports it, else its single output."""
+    (full resolution first) when the family has them (``deep_supervision`` attribute), else one output."""
     module = family_of(card)
-    architecture = dict(card.architecture)
-    architecture.pop("deep_supervision", None)
-    if deep_supervision:
-        try:
-            return module.build(**architecture, deep_supervision=True).train()
-        except TypeError:
-            pass  # this family has no deep-supervision outputs
+    architecture = {k: v for k, v in card.architecture.items() if k not in ("deep_supervision", "multiscale_pred")}
     try:
         network = module.build(**architecture)
     except TypeError as error:
         raise ValueError(f"model architecture {architecture} does not fit family {card.family!r}: {error}") from error
+    set_deep_supervision(network, deep_supervision)
     return network.train()
 
 

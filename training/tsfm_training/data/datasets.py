@@ -8,6 +8,7 @@
   {value: name} and ``training`` [{image, label}]; 4D multi-modal images are not split here.
 - **Case folders**: one sub-folder per case holding ``image_name`` and ``label_name`` (e.g. ``ct.nii.gz``
   and ``mask.nii.gz``), with the class names given by the caller.
+- **Case lists**: cases named one by one in the config (``{id, image, label}``), for loose files.
 """
 
 from __future__ import annotations
@@ -146,8 +147,39 @@ def read_case_folders(root: str | Path, image_name: str, label_name: str | None,
     return Dataset(name or root.name, root, {int(k): str(v) for k, v in classes.items()}, (channel,), tuple(cases))
 
 
+def read_case_list(entries: list[dict[str, Any]], classes: dict[int, str], name: str,
+                   root: str | Path = ".") -> Dataset:
+    """Cases listed one by one: ``[{id, image, label?}]`` with paths relative to ``root``."""
+    root = Path(root)
+    cases = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "id" not in entry or "image" not in entry:
+            raise DatasetError(f"dataset {name!r}: each listed case needs 'id' and 'image', got {entry!r}")
+        image = root / entry["image"]
+        label = root / entry["label"] if entry.get("label") else None
+        for path in (image, label):
+            if path is not None and not path.is_file():
+                raise DatasetError(f"case {entry['id']!r} of {name!r}: {path} is missing")
+        cases.append(Case(str(entry["id"]), (image,), label, name))
+    return Dataset(name, root, {int(k): str(v) for k, v in classes.items()}, ("CT",), tuple(cases))
+
+
 def dataset_from_config(settings: dict[str, Any]) -> Dataset:
-    """``{root, format: nnunet|msd|folders, name?, image?, label?, classes?}`` from a config's data section."""
+    """``{root, format: nnunet|msd|folders|list, name?, image?, label?, classes?, cases?}`` from a config.
+
+    ``classes_file`` (a JSON {value: name}, optionally under ``classes_key``) can stand in for ``classes``.
+    """
+    if "classes_file" in settings:
+        table = _read_json(Path(settings["classes_file"]))
+        key = settings.get("classes_key")
+        if key is not None and key not in table:
+            raise DatasetError(f"{settings['classes_file']}: no key {key!r} (has {sorted(table)})")
+        settings = {**settings, "classes": {int(k): v for k, v in (table[key] if key else table).items() if int(k)}}
+    if settings.get("format") == "list":
+        if "name" not in settings or "cases" not in settings:
+            raise DatasetError(f"dataset entry {settings} of format 'list' needs 'name' and 'cases'")
+        return read_case_list(settings["cases"], settings.get("classes", {1: "foreground"}), settings["name"],
+                              settings.get("root", "."))
     if "root" not in settings:
         raise DatasetError(f"dataset entry {settings} needs a 'root'")
     layout = settings.get("format", "nnunet")
@@ -156,7 +188,7 @@ def dataset_from_config(settings: dict[str, Any]) -> Dataset:
     if layout == "folders":
         return read_case_folders(settings["root"], settings.get("image", "image.nii.gz"), settings.get("label"),
                                  settings.get("classes", {1: "foreground"}), settings.get("name"))
-    raise DatasetError(f"dataset format {layout!r} is not one of nnunet, msd, folders")
+    raise DatasetError(f"dataset format {layout!r} is not one of nnunet, msd, folders, list")
 
 
 def split_cases(cases: tuple[Case, ...] | list[Case], validation: list[str]) -> tuple[list[Case], list[Case]]:

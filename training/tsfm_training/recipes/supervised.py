@@ -7,7 +7,7 @@ Config sections:
   patch_size, output...). Its preprocessing is the backend's, so training sees what inference will.
 - ``data``: ``datasets`` (entries for ``dataset_from_config``), ``validation`` (case ids held out and
   scored at the end), ``pool`` (``classes``/``remap`` merging several datasets), ``cache``, ``batch_size``,
-  ``foreground_ratio``, ``augmentation``, ``patch_size`` (default: the card's), ``max_cases``.
+  ``foreground_ratio``, ``augmentation``, ``patch_size`` (default: the card's), ``max_cases`` (per dataset).
 - ``init`` (optional): ``checkpoint`` (id, folder or official file), ``mode`` (finetune.MODES), ``strict``.
 - ``objective``: ``name`` ``dice_ce`` (softmax, deep supervision) or ``partial_label`` (sigmoid, pool),
   plus the loss's settings.
@@ -55,7 +55,15 @@ def prepare_training_data(config: dict[str, Any], card, output_dir: Path, partia
         raise ConfigError(f"data.validation names unknown cases {sorted(held_out - known)}")
     train_index = [i for i, e in enumerate(pool.entries) if e.case.case_id not in held_out]
     if data.get("max_cases"):
-        train_index = train_index[: int(data["max_cases"])]
+        # At most this many training cases from each dataset (quick runs that still see every dataset).
+        taken: dict[str, int] = {}
+        limited = []
+        for i in train_index:
+            name = pool.entries[i].case.dataset
+            if taken.get(name, 0) < int(data["max_cases"]):
+                taken[name] = taken.get(name, 0) + 1
+                limited.append(i)
+        train_index = limited
     validation = [e.case for e in pool.entries if e.case.case_id in held_out]
 
     cache = CaseCache(data.get("cache", output_dir / "cache"))

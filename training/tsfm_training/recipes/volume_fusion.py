@@ -50,6 +50,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     held_out = set(data.get("validation", []))
     cases = [c for entry in data.get("datasets", []) for c in dataset_from_config(entry).cases
              if c.case_id not in held_out]
+    if data.get("max_cases"):
+        cases = cases[: int(data["max_cases"])]
     if not cases:
         raise ConfigError("config 'data.datasets' gives no case for pretraining")
     cache = CaseCache(data.get("cache", output_dir / "cache"))
