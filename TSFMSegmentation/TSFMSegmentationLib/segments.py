@@ -110,7 +110,7 @@ def extent_shape(extent: Extent) -> tuple[int, int, int]:
     return (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
 
 
-def _grid_image(segmentation_node, volume_node, extent: Extent, array=None):  # noqa: ANN001, ANN202
+def grid_image(segmentation_node, volume_node, extent: Extent, array=None):  # noqa: ANN001, ANN202
     """A vtkOrientedImageData on the volume's voxel grid, in the segmentation node's coordinates."""
     ijk_to_world = image_geometry(volume_node).ijk_to_world
     ijk_to_segmentation = np.linalg.inv(node_to_world(segmentation_node)) @ ijk_to_world
@@ -140,7 +140,7 @@ def read_segment_crop(segmentation_node, segment_id: str, volume_node, extent: E
         # cost that grows with the crop, not with the volume or the number of segments.
         label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
         return _values_over_extent(internal, extent, label)
-    reference = _grid_image(segmentation_node, volume_node, extent)
+    reference = grid_image(segmentation_node, volume_node, extent)
     labelmap = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
     if labelmap.IsEmpty():
@@ -201,7 +201,7 @@ def write_segment_crop(segmentation_node, segment_id: str, volume_node, extent: 
     values = read_segment_crop(segmentation_node, segment_id, volume_node, region)
     values[extent[4] - region[4]:extent[5] - region[4] + 1, extent[2] - region[2]:extent[3] - region[2] + 1,
            extent[0] - region[0]:extent[1] - region[0] + 1] = mask > 0
-    image = _grid_image(segmentation_node, volume_node, region, values)
+    image = grid_image(segmentation_node, volume_node, region, values)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE):
         raise RuntimeError(f"Slicer could not write segment '{segment_id}'")
