@@ -288,8 +288,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ]
         for button, slot in connections:
             button.connect("clicked(bool)", lambda _checked, slot=slot: self._run(slot))
-        self.ui.positivePointButton.connect("clicked(bool)", lambda on: self.onPlacePoints(True, on))
-        self.ui.negativePointButton.connect("clicked(bool)", lambda on: self.onPlacePoints(False, on))
+        self.ui.positivePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(True, on)))
+        self.ui.negativePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(False, on)))
         self.ui.localRadioButton.connect("toggled(bool)", self.updateBackendControls)
         for key, slot in (("P", lambda: self.onPlacePoints(True, True)), ("N", lambda: self.onPlacePoints(False, True)),
                           ("B", self.onBox), ("Ctrl+Alt+Z", self.onUndo), ("Ctrl+Alt+Y", self.onRedo),
@@ -306,6 +306,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slot()
 
     def cleanup(self) -> None:
+        self._pollTimer.stop()
+        self._heartbeatTimer.stop()
         self.removeObservers()
         self.logic.stopBackend()
 
@@ -409,6 +411,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Could not read the result."), waitCursor=True):
                 node = self.logic.finishSegmentation(self._parameterNode.outputSegmentation)
                 self._parameterNode.outputSegmentation = node
+                self.ui.segmentEditorWidget.setSegmentationNode(node)
+                self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
                 self.updateReviewTable()
 
     # ---- interactive -----------------------------------------------------------------------------
