@@ -115,3 +115,19 @@ def test_provenance_tracks_model_prompts_review_and_edits(ct_node) -> None:  # n
     assert provenance.describe(node, tumour, ct_node)["status"] == "accepted"
     with pytest.raises(ValueError, match="review status"):
         provenance.set_review(node, tumour, "maybe")
+
+
+def test_more_than_255_labels_are_written_as_uint16(ct_node, tmp_path: Path) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.export import export_case
+
+    existing = {"background": 0, **{f"structure_{n}": n for n in range(1, 300)}}
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": existing,
+                                                       "file_ending": ".nii.gz", "numTraining": 0}))
+    segmentation, _, labels = segmented_case(ct_node, {1: "air", 2: "structure_7"})
+    case = export_case(tmp_path, "big", ct_node, segmentation)
+    assert case.labels["air"] == 300 and case.labels["structure_7"] == 7
+    written = sitk.ReadImage(str(case.label))
+    assert written.GetPixelID() == sitk.sitkUInt16
+    array = sitk.GetArrayFromImage(written)
+    np.testing.assert_array_equal(array == 300, labels == 1)
+    np.testing.assert_array_equal(array == 7, labels == 2)

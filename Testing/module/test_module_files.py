@@ -82,3 +82,20 @@ def test_local_backend_launcher_reports_a_failing_start(tmp_path: Path) -> None:
     assert not backend.is_running()
     with pytest.raises(BackendStartError, match="cannot run"):
         LocalBackend(python=str(tmp_path / "missing")).start(timeout_s=5)
+
+
+@pytest.mark.slicer
+def test_module_metadata_cites_the_seed_papers_and_the_data() -> None:
+    import types
+
+    from support import mini_slicer
+
+    mini_slicer.install_stand_ins()
+    from TSFMSegmentation import TSFMSegmentation
+
+    parent = types.SimpleNamespace()
+    TSFMSegmentation(parent)
+    assert parent.title and parent.categories == ["Segmentation"] and parent.contributors
+    for reference in ("2304.06716", "2403.06396", "2306.16925", "ICLR 2024", "2306.13465",
+                      "10.7937/K9/TCIA.2015.7GO2GSKS", "TotalSegmentator"):
+        assert reference in parent.helpText
