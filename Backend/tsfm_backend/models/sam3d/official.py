@@ -74,7 +74,8 @@ Shapes = dict[str, tuple[int, ...]]
 
 def official_shapes(architecture: Mapping[str, Any]) -> dict[str, Shapes]:
     """Key -> shape of each part of an authors' checkpoint for ``architecture`` (built on the meta device)."""
-    return _official_shapes(json.dumps(dict(architecture), sort_keys=True))
+    cached = _official_shapes(json.dumps(dict(architecture), sort_keys=True))
+    return {part: dict(shapes) for part, shapes in cached.items()}
 
 
 @lru_cache(maxsize=16)
