@@ -145,11 +145,11 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
             if torchLogic.installTorch(askConfirmation=askConfirmation,
                                        torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch was not installed")
-        requirements = MODULE_DIR / "Resources" / "backend-requirements.txt"
-        slicer.util.pip_install(["-r", str(requirements)])
-        for folder in bundled_backend_dirs(MODULE_DIR):
-            if str(folder) not in sys.path:
-                sys.path.append(str(folder))
+        # The backend's own code ships with the module and reaches the server process via PYTHONPATH
+        # (backend_process); only its third-party packages are installed here.
+        if not bundled_backend_dirs(MODULE_DIR):
+            raise RuntimeError(f"the backend package is missing next to {MODULE_DIR}; reinstall the extension")
+        slicer.util.pip_install(["-r", str(MODULE_DIR / "Resources" / "backend-requirements.txt")])
 
     # ---- automatic -------------------------------------------------------------------------------
     def startSegmentation(self, volumeNode, modelId: str, options: dict[str, Any] | None = None) -> AutomaticJob:  # noqa: ANN001
