@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -79,6 +81,8 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from error
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:

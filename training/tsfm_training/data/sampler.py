@@ -60,6 +60,9 @@ class PatchBatches:
         which = int(rng.choice(len(self.cases), p=self.probabilities))
         sample = self.make_sample(self.cases[which], rng)
         element = {"image": _tensor(sample["image"], torch.float32), "label": _tensor(sample["label"], torch.int64)}
+        for key, value in sample.items():  # prompts and other per-sample inputs travel as float tensors
+            if key not in element:
+                element[key] = _tensor(value, torch.float32)
         if self.annotated is not None:
             element["annotated"] = torch.as_tensor(self.annotated[which], dtype=torch.bool)
         return element
