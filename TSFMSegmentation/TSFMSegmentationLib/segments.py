@@ -70,8 +70,17 @@ def labels_to_segmentation(
 
 def attach_to_volume(segmentation_node: slicer.vtkMRMLSegmentationNode,
                      volume_node: slicer.vtkMRMLScalarVolumeNode) -> None:
-    """Put the segmentation under the volume's transform and on the volume's voxel grid."""
-    segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    """Put the segmentation under the volume's transform and on the volume's voxel grid.
+
+    A segmentation that already holds segments keeps its transform: moving it would move them. It
+    must then already share the volume's transform.
+    """
+    if segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
+        if segment_ids(segmentation_node):
+            raise ValueError(
+                f"segmentation '{segmentation_node.GetName()}' is under another transform than volume "
+                f"'{volume_node.GetName()}'; put both under the same transform or choose a new segmentation")
+        segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
 
 

@@ -156,3 +156,13 @@ def test_intensity_range_limits_the_edit(ct_node) -> None:  # noqa: ANN001
                EditSettings(intensity_range=(-100.0, 100.0)))
     ct = slicer.util.arrayFromVolume(ct_node)
     np.testing.assert_array_equal(labels_of(node, segment, ct_node), (ct >= -100) & (ct <= 100))
+
+
+def test_filled_segmentation_under_another_transform_is_not_moved(ct_node) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.segments import labels_to_segmentation
+
+    node, _ = labels_to_segmentation(ct_labels(ct_node), {1: "air"}, ct_node)
+    add_parent_transform(ct_node, rotation("z", 10.0))
+    with pytest.raises(ValueError, match="under another transform"):
+        labels_to_segmentation(ct_labels(ct_node), {1: "air"}, ct_node, node)
+    assert node.GetTransformNodeID() is None
