@@ -198,6 +198,8 @@ def segment_volume(
     channels_last = device.type == "cuda"
     if channels_last:
         network = network.to(memory_format=torch.channels_last_3d)
+        # Every window has the same shape, so cuDNN's one-off algorithm search pays for itself.
+        torch.backends.cudnn.benchmark = True
     if device.type == "cpu":
         log.info("Segmenting on the CPU; a CUDA GPU is much faster for large models.")
     lookup_np, dtype = label_lookup(card)
