@@ -114,7 +114,6 @@ def make_input(args: argparse.Namespace, work: Path) -> Path:
 def make_model(args: argparse.Namespace, work: Path) -> Path:
     """A random STU-Net of the chosen preset saved in our format; every engine loads these weights."""
     import torch
-
     from tsfm_backend.checkpoints import save_model
     from tsfm_backend.model_card import ModelCard
     from tsfm_backend.models import build_network
@@ -192,7 +191,6 @@ def run_monai(args, loaded, timed, image: Path, out: Path) -> None:
     import torch
     from monai.inferers import sliding_window_inference
     from monai.transforms import NormalizeIntensity, Resize
-
     from tsfm_backend.preprocessing import network_shape_for
 
     card = loaded.card
@@ -331,7 +329,6 @@ def run_nnunet(args, loaded, timed, image: Path, out: Path) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     import torch
-
     from tsfm_backend.checkpoints import load_model
 
     torch.set_num_threads(args.threads)
