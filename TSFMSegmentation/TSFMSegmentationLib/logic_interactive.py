@@ -131,7 +131,8 @@ class InteractiveEditor:
         if self.segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
             raise KeyError(f"no segment '{segment_id}' in '{self.segmentation_node.GetName()}'")
         self.segment_id = segment_id
-        self._objects.setdefault(segment_id, len(self._objects) + 1)
+        if segment_id not in self._objects:
+            self._objects[segment_id] = max(self._objects.values(), default=0) + 1
 
     def next_segment(self, name: str | None = None) -> str:
         """Start a new segment (the next clicks build it); returns its id."""
@@ -155,6 +156,10 @@ class InteractiveEditor:
     def _send(self, interaction: dict[str, Any]) -> CropChange:
         if not self.session_id:
             raise RuntimeError("start the interactive session first")
+        if self.segmentation_node.GetSegmentation().GetSegment(self.segment_id) is None:
+            # The user removed the segment being edited: the prompt starts a new one, as a fresh object.
+            self.next_segment()
+            interaction = dict(interaction, object_id=self.object_id)
         try:
             self._sync_object()
             origin, mask = self.client.interact(self.session_id, interaction)

@@ -164,3 +164,14 @@ def test_deepest_voxel_and_dice(mini) -> None:  # noqa: ANN001
     assert dice(mask, mask) == 1.0 and dice(mask, ~mask) == 0.0
     with pytest.raises(ValueError, match="empty"):
         deepest_voxel(np.zeros((3, 3, 3), bool))
+
+
+def test_removed_segment_starts_a_new_one(editing) -> None:  # noqa: ANN001
+    logic, editor, recorder, volume = editing
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    removed = editor.segment_id
+    editor.segmentation_node.GetSegmentation().RemoveSegment(removed)
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    assert editor.segment_id != removed
+    assert recorder.sent[-1][0]["object_id"] == 2
+    assert segment_voxels(editor).any() or not recorder.answers[-1][1].any()
