@@ -198,7 +198,8 @@ def run_monai(args, loaded, timed, image: Path, out: Path) -> None:
     array = torch.from_numpy(sitk.GetArrayFromImage(sitk_image).astype(np.float32))[None].to(args.device)
     spacing_kji = tuple(reversed(sitk_image.GetSpacing()))
     shape = network_shape_for(array.shape[1:], spacing_kji, card.spacing)
-    with torch.inference_mode():
+    amp = torch.autocast("cuda", dtype=torch.float16, enabled=array.device.type == "cuda")
+    with torch.inference_mode(), amp:
         x = Resize(shape, mode="trilinear")(NormalizeIntensity()(array))
         logits = sliding_window_inference(
             x[None],
@@ -210,7 +211,7 @@ def run_monai(args, loaded, timed, image: Path, out: Path) -> None:
             sigma_scale=0.125,
             padding_mode="constant",
             cval=0.0,
-        )[0]
+        )[0].float()
         logits = Resize(tuple(array.shape[1:]), mode="trilinear")(logits)
         labels = torch.as_tensor(logits).argmax(0).to(torch.uint8).cpu().numpy()
     result = sitk.GetImageFromArray(labels)
@@ -333,6 +334,8 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # nnU-Net and our engine set it; give MONAI the same
     work = Path(args.work)
     loaded = load_model(work / "model", device=device)
     timed = Timed(loaded.network, device).module.to(device).eval()
