@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "totalseg" / "example_ct.nii.gz"
 ENGINES = ("ours", "monai", "nnunet")
+POINTWISE = "pointwise"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--image", type=Path, default=DEFAULT_IMAGE, help="input CT (default: example_ct.nii.gz)"
     )
-    parser.add_argument("--preset", default="S", help="STU-Net preset: tiny, S, B, L, H (default S)")
+    parser.add_argument(
+        "--preset",
+        default="S",
+        help="STU-Net preset tiny, S, B, L, H, or 'pointwise' (a 1x1x1 conv) (default S)",
+    )
     parser.add_argument(
         "--classes", type=int, default=4, help="foreground classes (network outputs classes + 1)"
     )
@@ -139,8 +144,27 @@ def make_model(args: argparse.Namespace, work: Path) -> Path:
         patch_size=patch,
         provenance={"source": "random weights for benchmarking"},
     )
+    if args.preset == POINTWISE:
+        # Near-free network for measuring the engines' own memory and time: one 1x1x1 convolution.
+        card.family, card.architecture = "pointwise", {"num_classes": args.classes + 1}
+        (work / "model").mkdir(parents=True, exist_ok=True)
+        card.write(work / "model" / "model.json")
+        return work / "model"
     torch.manual_seed(args.seed)
     return save_model(build_network(card), card, work / "model")
+
+
+def load_bench_model(args: argparse.Namespace, work: Path, device):
+    """The benchmark model on ``device``: our loader for STU-Nets, a seeded 1x1x1 convolution for ``pointwise``."""
+    import torch
+    from tsfm_backend.checkpoints import LoadedModel, load_model
+    from tsfm_backend.model_card import ModelCard
+
+    if args.preset != POINTWISE:
+        return load_model(work / "model", device=device)
+    card = ModelCard.read(work / "model" / "model.json")
+    torch.manual_seed(args.seed)
+    return LoadedModel(torch.nn.Conv3d(1, card.num_classes, 1).to(device).eval(), card)
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -330,14 +354,13 @@ def run_nnunet(args, loaded, timed, image: Path, out: Path) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     import torch
-    from tsfm_backend.checkpoints import load_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # nnU-Net and our engine set it; give MONAI the same
     work = Path(args.work)
-    loaded = load_model(work / "model", device=device)
+    loaded = load_bench_model(args, work, device)
     timed = Timed(loaded.network, device).module.to(device).eval()
     image = Path((work / "input.txt").read_text().strip())
     out = work / f"{args.worker}.nii.gz"

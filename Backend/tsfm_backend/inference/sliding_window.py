@@ -25,8 +25,6 @@ Slab = Callable[[int, torch.Tensor], None]
 
 # Float32 elements of averaged logits handed to ``on_slab`` at once (256 MB).
 SLAB_ELEMENTS = 64 * 2**20
-# Above this many bytes of float32 running sums the accumulator switches to float16, as nnU-Net's does.
-HALF_PRECISION_ABOVE_BYTES = 2**30
 Progress = Callable[[float, str], None]
 
 
@@ -164,7 +162,7 @@ def sliding_window(
     batch_size: int = 1,
     body: torch.Tensor | np.ndarray | None = None,
     empty_logits: torch.Tensor | None = None,
-    accumulate_dtype: torch.dtype | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,
 ) -> None:
@@ -178,8 +176,8 @@ def sliding_window(
             of rows z0 .. z0 + rows - 1, in increasing z0, covering every row exactly once.
         body: optional (Z, Y, X) mask; windows with no body voxel are not run.
         empty_logits: (num_classes,) logits for voxels no window covered (default all zero).
-        accumulate_dtype: dtype of the running sums; default float32, or float16 when float32 sums
-            would exceed 1 GiB (for example 105 classes on a whole-body CT).
+        accumulate_dtype: dtype of the running sums. float16 halves their memory but loses precision
+            where the Gaussian weights are tiny (window corners), so float32 is the default.
         progress: called after each batch with the fraction of windows done.
         is_cancelled: checked before each batch; True raises InferenceCancelled.
     """
@@ -189,9 +187,6 @@ def sliding_window(
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     capacity = patch[0] + max((b[-1][0] - b[0][0] for b in batches), default=0)
     capacity = min(capacity, shape[0])
-    if accumulate_dtype is None:
-        big = num_classes * capacity * shape[1] * shape[2] * 4 > HALF_PRECISION_ABOVE_BYTES
-        accumulate_dtype = torch.float16 if big else torch.float32
     scores = torch.zeros((num_classes, capacity, *shape[1:]), dtype=accumulate_dtype, device=device)
     weights = torch.zeros((capacity, *shape[1:]), dtype=torch.float32, device=device)
     importance = gaussian_importance_map(patch, device=device)

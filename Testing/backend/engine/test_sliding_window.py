@@ -220,3 +220,18 @@ def test_pad_to_patch_centres_the_image():
     assert before == (3, 0, 5)
     assert float(padded.sum()) == image.numel()
     assert float(padded[0, 3:13, :, 5:10].sum()) == image.numel()
+
+
+def test_small_slab_chunks_match_the_full_accumulation(monkeypatch):
+    import tsfm_backend.inference.sliding_window as sw
+
+    net = small_net()
+    image = torch.randn(1, 30, 20, 20)
+    patch = (12, 16, 16)
+    monkeypatch.setattr(sw, "SLAB_ELEMENTS", 3 * 20 * 20)  # one row per slab
+    slabs = []
+    with torch.no_grad():
+        expected = naive_full_accumulation(net, image, patch, 0.5, 3)
+        sliding_window(make_predictor(net), image, patch, 3, lambda z0, s: slabs.append(s))
+    assert all(s.shape[1] == 1 for s in slabs) and len(slabs) == 30
+    torch.testing.assert_close(torch.cat(slabs, dim=1), expected, rtol=1e-5, atol=1e-5)
