@@ -66,9 +66,10 @@ class ThreadedServer:
         self.thread.join(10)
 
 
-def start_serve_process(port: int, *args: str, home: Path, log_path: Path) -> subprocess.Popen:
+def start_serve_process(port: int, *args: str, home: Path, log_path: Path,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m tsfm_backend.cli serve --port PORT ARGS`` with ``$TSFM_HOME=home``, output to ``log_path``."""
-    env = {**os.environ, "TSFM_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TSFM_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "tsfm_backend.cli", "serve", "--port", str(port), "--device", "cpu", *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
