@@ -1,0 +1,126 @@
+"""HTTP overhead of the backend server: requests per second, and interaction latency over HTTP vs in-process.
+
+Both sides run the same click model on the same real CT with the same prompts, in one process:
+the in-process side calls ``InteractiveSession.interact`` directly; the HTTP side goes through the
+module's client, uvicorn on loopback, the model worker thread and the binary frame both ways.
+Prints p50/p95 of each, the overhead as a ratio of the in-process time (target: <= 10 % for a
+128^3 interaction on CPU), and plain request throughput (health, heartbeat).
+
+    .venv/bin/python Testing/bench/bench_server.py [--size 128] [--preset tiny] [--repeats 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "Testing"))
+
+from conftest import shared_data_dir  # noqa: E402
+from support.live_server import ThreadedServer, backend_app, module_on_path, read_ct, save_click_model  # noqa: E402
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """(p50, p95) in seconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def prompts(shape: tuple[int, int, int], repeats: int) -> list[dict]:
+    """Alternating positive and negative clicks near the image centre (the ROI stays the same size)."""
+    centre = [s // 2 for s in shape]
+    return [{"kind": "point", "point": [centre[0], centre[1] + (n % 3), centre[2]], "positive": n % 2 == 0}
+            for n in range(repeats)]
+
+
+def in_process(model_path: Path, volume, steps: list[dict], warmup: int) -> list[float]:  # noqa: ANN001
+    from tsfm_backend.checkpoints import load_model
+    from tsfm_backend.inference.interactive import Interaction, InteractiveSession
+
+    session = InteractiveSession(load_model(str(model_path)), volume)
+    times = []
+    for n, step in enumerate(steps):
+        began = time.perf_counter()
+        session.interact(Interaction("point", step["positive"], tuple(step["point"]), None, 1))
+        if n >= warmup:
+            times.append(time.perf_counter() - began)
+    return times
+
+
+def over_http(url: str, image, steps: list[dict], warmup: int) -> list[float]:  # noqa: ANN001
+    from TSFMSegmentationLib.client import BackendClient
+
+    client = BackendClient(url)
+    session_id = client.create_session(client.upload_image(*image), "bench-click")
+    times = []
+    for n, step in enumerate(steps):
+        began = time.perf_counter()
+        client.interact(session_id, step)
+        if n >= warmup:
+            times.append(time.perf_counter() - began)
+    client.close_session(session_id)
+    return times
+
+
+def throughput(url: str, seconds: float) -> dict[str, float]:
+    """Sequential requests per second on one kept-alive connection."""
+    from TSFMSegmentationLib.client import BackendClient
+
+    client = BackendClient(url)
+    rates = {}
+    for name, call in (("health", client.health), ("models", client.models)):
+        count, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            call()
+            count += 1
+        rates[name] = count / (time.perf_counter() - began)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128, help="interaction patch edge in voxels (default 128)")
+    parser.add_argument("--preset", default="tiny", help="click_unet preset (tiny or small)")
+    parser.add_argument("--repeats", type=int, default=12, help="interactions per side, warm-up included")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from tsfm_backend.volume import Volume
+
+    torch.set_num_threads(args.threads)
+    module_on_path()
+    ct_path = shared_data_dir() / "totalseg" / "example_ct.nii.gz"
+    array, spacing, origin, direction = read_ct(ct_path)
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = save_click_model(Path(folder) / "bench-click", model_id="bench-click", preset=args.preset,
+                                      patch_size=(args.size,) * 3, pools=None)
+        steps = prompts(array.shape, args.repeats)
+        volume = Volume(array, spacing, origin, direction)
+        local = in_process(model_path, volume, steps, args.warmup)
+        app, _ = backend_app([model_path])
+        with ThreadedServer(app) as server:
+            remote = over_http(server.url, (array, spacing, origin, direction), steps, args.warmup)
+            rates = throughput(server.url, 3.0)
+
+    local_p50, local_p95 = percentiles(local)
+    http_p50, http_p95 = percentiles(remote)
+    overhead = http_p50 - local_p50
+    print(f"image {ct_path.name} {array.shape} (K, J, I); click_unet {args.preset} at {args.size}^3; "
+          f"{len(local)} timed interactions per side; torch threads {args.threads}")
+    print(f"in-process  p50 {local_p50 * 1000:8.1f} ms   p95 {local_p95 * 1000:8.1f} ms")
+    print(f"over HTTP   p50 {http_p50 * 1000:8.1f} ms   p95 {http_p95 * 1000:8.1f} ms")
+    print(f"HTTP overhead p50 {overhead * 1000:.1f} ms = {overhead / local_p50:.1%} of the in-process interaction "
+          f"(target <= 10%); HTTP/in-process p50 ratio {http_p50 / local_p50:.3f}")
+    print("requests/s on one connection: " + ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
