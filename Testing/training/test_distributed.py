@@ -1,5 +1,6 @@
-"""Distributed training: two torchrun processes on the CPU (gloo) keep identical weights, equal to one
-process training on both ranks' batches together; activation checkpointing keeps names and gradients."""
+"""Distributed training: two torchrun processes on the CPU (gloo), DDP and FSDP, train the weights one
+process would on both ranks' batches together (DDP ranks stay identical; FSDP's sharded state is gathered
+into the checkpoint); activation checkpointing keeps names and gradients."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
     info = distributed.setup("cpu")
-    model = distributed.wrap(network(), info, "ddp")
+    strategy = sys.argv[2]
+    model = distributed.wrap(network(), info, strategy)
     losses = []
 
     def loss_fn(m, b):
@@ -39,7 +41,8 @@ WORKER = textwrap.dedent("""
         return loss
 
     fit(model, rank_batches(info.rank), loss_fn, loop_config(out / "run"))
-    torch.save({{"weights": unwrap(model).state_dict(), "losses": losses}}, out / f"rank{{info.rank}}.pt")
+    weights = unwrap(model).state_dict() if strategy == "ddp" else {{}}  # FSDP ranks hold shards only
+    torch.save({{"weights": weights, "losses": losses}}, out / f"rank{{info.rank}}.pt")
     distributed.cleanup()
 """)
 
@@ -63,24 +66,26 @@ def loop_config(output_dir: Path) -> LoopConfig:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_keep_identical_weights(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_keep_identical_weights(tmp_path, strategy):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(testdir=str(Path(__file__).parent)))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "training"), str(REPO / "Backend")])}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+                          str(script), str(tmp_path), strategy], env=env, capture_output=True, text=True,
+                         timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["losses"] != rank1["losses"]  # each rank trained on its own batches...
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]  # full state, from rank 0
     initial = network().state_dict()
+    assert set(saved) == set(initial) and any(not torch.equal(initial[n], v) for n, v in saved.items())
     for name, value in rank0["weights"].items():
-        assert torch.equal(value, rank1["weights"][name]), name  # ...and the weights stayed identical
-    assert any(not torch.equal(initial[n], v) for n, v in rank0["weights"].items())
-    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(saved[n], v) for n, v in rank0["weights"].items())
+        assert torch.equal(value, rank1["weights"][name]), name  # ...and the DDP weights stayed identical
+        assert torch.equal(saved[name], value), name
 
-    # DDP averages gradients: the same as one process on the union of both ranks' batches.
+    # Both average gradients: the same as one process on the union of both ranks' batches.
     streams = [rank_batches(0), rank_batches(1)]
 
     def union():
@@ -92,7 +97,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     fit(single, union(), lambda m, b: nn.functional.cross_entropy(m(b["image"]), b["label"]),
         loop_config(tmp_path / "single"))
     for name, value in single.state_dict().items():
-        torch.testing.assert_close(value, rank0["weights"][name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value, saved[name], rtol=1e-5, atol=1e-6)
 
 
 class Staged(nn.Module):
