@@ -131,6 +131,7 @@ class InteractiveSession:
         self.fill_value = float(np.min(volume.array))
         self.objects: dict[int, _Object] = {}
         self._lock = threading.Lock()
+        self._image_cache: tuple[Roi, torch.Tensor] | None = None
         self._sam3d = None
         if card.family == "sam3d":
             from tsfm_backend.inference.sam3d_predictor import Sam3DPredictor
@@ -287,10 +288,19 @@ class InteractiveSession:
             return torch.zeros((0, 3), device=self.device)
         return torch.tensor([roi_geometry.image_to_grid(p, roi) for p in points], device=self.device)
 
-    def _predict_click_unet(self, roi: Roi, mask: np.ndarray, prompts: _Prompts) -> np.ndarray:
-        """(ROI size) uint8 prediction of the click-conditioned network for ``prompts``."""
+    def _model_image(self, roi: Roi) -> torch.Tensor:
+        """(1, *roi.grid) normalised image of the ROI on the model grid; the last one is cached, since
+        successive clicks usually share their ROI."""
+        if self._image_cache is not None and self._image_cache[0] == roi:
+            return self._image_cache[1]
         image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
         image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)[0]
+        self._image_cache = (roi, image)
+        return image
+
+    def _predict_click_unet(self, roi: Roi, mask: np.ndarray, prompts: _Prompts) -> np.ndarray:
+        """(ROI size) uint8 prediction of the click-conditioned network for ``prompts``."""
+        image = self._model_image(roi)
         previous = F.interpolate(self._crop_tensor(mask, roi, 0.0)[None, None], size=roi.grid,
                                  mode="trilinear", align_corners=False)[0, 0]
         boxes = None
