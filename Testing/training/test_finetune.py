@@ -92,3 +92,25 @@ def test_adapter_mode_uses_3dsam_trainable_patterns():
     assert names == {n for n, _ in network.named_parameters() if sam3d.is_trainable(n)}
     assert any(".adapter." in n for n in names)
     assert not any(n.endswith("attn.qkv.weight") for n in names)  # SAM's attention stays frozen
+
+
+def test_from_official_nnunet_v2_stunet_and_pymic_pctnet(tmp_path):
+    from support.official_checkpoints import stunet_for, write_pymic_checkpoint, write_v2_results
+
+    pools = [[2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
+    official = stunet_for("S", 3, pools)
+    checkpoint = write_v2_results(tmp_path / "v2", official, "STUNetTrainer_small", {"liver": 1, "tumour": 2})
+    target = STUNET.build(input_channels=2, num_classes=2, preset="S", pool_op_kernel_sizes=pools)
+    report = load_pretrained(target, str(checkpoint), STUNET)
+    assert report["format"] == "nnunet_v2" and report["tiled"] == 2 and report["new_head"] == 10
+    assert torch.equal(target.conv_blocks_localization[0][0].conv1.weight,
+                       official.conv_blocks_localization[0][0].conv1.weight)
+
+    pctnet = family_module("pctnet")
+    pretrained = pctnet.build(1, 5, "tiny")
+    path = write_pymic_checkpoint(tmp_path / "pctnet_volf.pt", pretrained)
+    downstream = pctnet.build(1, 2, "tiny")
+    report = load_pretrained(downstream, str(path), pctnet)
+    assert report["format"] == "pymic" and report["new_head"] > 0 and report["missing"] == 0
+    encoder = {n: v for n, v in pretrained.state_dict().items() if n.startswith("pyramid_ct.down")}
+    assert encoder and all(torch.equal(v, downstream.state_dict()[n]) for n, v in encoder.items())
