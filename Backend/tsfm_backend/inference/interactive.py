@@ -152,7 +152,7 @@ class InteractiveSession:
                 state = self.objects[interaction.object_id] = _Object(np.zeros(self.shape, dtype=np.uint8))
             prompts = _add_prompt(state.prompts, interaction)
             if self._sam3d is not None:
-                roi, region = self._predict_sam3d(prompts)
+                roi, region = self._predict_sam3d(state.roi, prompts)
             else:
                 roi, region = self._predict_grown(state, prompts)
             state.roi = roi
@@ -320,10 +320,16 @@ class InteractiveSession:
             logits = F.interpolate(logits, size=roi.size, mode="trilinear", align_corners=False)
         return (logits[0, 0] > 0).to(torch.uint8).cpu().numpy()
 
-    def _predict_sam3d(self, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
-        """3DSAM-adapter: one cube of ``patch_size`` at the card spacing centred on the positive clicks."""
-        size = self._base_roi_size()
-        roi = roi_geometry.centred(prompts.positive, size, tuple(self.card.patch_size))  # type: ignore[arg-type]
+    def _predict_sam3d(self, current: Roi | None, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """3DSAM-adapter: one cube of ``patch_size`` at the card spacing centred on the positive clicks.
+
+        The cube stays put while every click sits well inside it, so its cached image embedding serves
+        the next clicks; otherwise it is re-centred on the clicks as published.
+        """
+        roi = current
+        if roi is None or not all(roi_geometry.well_inside(p, roi) for p in prompts.positive):
+            roi = roi_geometry.centred(prompts.positive, self._base_roi_size(),
+                                       tuple(self.card.patch_size))  # type: ignore[arg-type]
         image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
         image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)
         outside = self._crop_tensor(np.ones(self.shape, dtype=np.float32), roi, 0.0)[None, None]

@@ -66,11 +66,12 @@ def _covering(low: np.ndarray, high: np.ndarray, minimum: Voxel, base: Voxel, sh
     return Roi(tuple(start), size, grid)  # type: ignore[arg-type]
 
 
-def _well_inside(point: np.ndarray, roi: Roi) -> bool:
+def well_inside(point: Sequence[int], roi: Roi) -> bool:
+    """True when ``point`` (k, j, i) lies inside ``roi`` and at least ``EDGE_FRACTION`` of it from its faces."""
     edge = np.maximum(1, (np.asarray(roi.size) * EDGE_FRACTION).astype(int))
     low = np.asarray(roi.start) + edge
     high = np.asarray(roi.start) + np.asarray(roi.size) - 1 - edge
-    return bool(np.all((point >= low) & (point <= high)))
+    return bool(np.all((np.asarray(point) >= low) & (np.asarray(point) <= high)))
 
 
 def place(current: Roi | None, points: Sequence[Voxel], base: Voxel, shape: Voxel, fit: Fit) -> Roi:
@@ -82,10 +83,10 @@ def place(current: Roi | None, points: Sequence[Voxel], base: Voxel, shape: Voxe
     """
     coords = np.asarray(points, dtype=int).reshape(-1, 3)
     newest = coords[-1]
-    if current is not None and _well_inside(newest, current):
+    if current is not None and well_inside(newest, current):
         return current
     roi = _covering(coords.min(0), coords.max(0), base, base, shape, fit)
-    if not _well_inside(newest, roi):
+    if not well_inside(newest, roi):
         roi = _covering(newest, newest, base, base, shape, fit)
     return roi
 
