@@ -14,6 +14,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "TSFMSegmentation"
+TEST_TOKEN = "server-test-token"
 
 
 def module_on_path() -> None:

@@ -183,7 +183,3 @@ class Info(BaseModel):
     queued_jobs: int
     sessions: int
     auth: bool
-
-
-class ErrorBody(BaseModel):
-    error: str

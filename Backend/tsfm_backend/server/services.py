@@ -26,6 +26,7 @@ from tsfm_backend.server.jobs import Job, JobManager
 from tsfm_backend.server.sessions import Session, SessionRegistry
 from tsfm_backend.server.settings import API_VERSION, Settings
 from tsfm_backend.server.wire import LABEL_DTYPES, decode_array, split_frame
+from tsfm_backend.server.worker import Worker
 from tsfm_backend.volume import Volume, VolumeError
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ class Services:
 
     @classmethod
     def start(cls, settings: Settings, models: ModelRegistry, device: Any, engine: Engine | None = None) -> Services:
-        from tsfm_backend.server.worker import Worker
-
         engine = engine or Engine()
         worker = Worker()
         return cls(
@@ -104,7 +103,8 @@ class Services:
         )
 
     @property
-    def worker(self):  # noqa: ANN201 - the Worker, shared by jobs and sessions
+    def worker(self) -> Worker:
+        """The model thread, shared by jobs and sessions."""
         return self.jobs.worker
 
     def close(self) -> None:
@@ -163,8 +163,11 @@ class Services:
             raise BadInput(f"model {request.model!r} is {loaded.card.kind}: submit a job for it instead")
         volume = self.images.get(request.image_id)
         self.sessions.ensure_capacity()
-        engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device),
-                                  self.settings.interaction_timeout_s, self.settings.retry_after_s)
+        try:
+            engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device),
+                                      self.settings.interaction_timeout_s, self.settings.retry_after_s)
+        except ValueError as error:
+            raise BadInput(f"cannot open a session of {request.model!r} on this image: {error}") from error
         session = self.sessions.add(request.model, request.image_id, engine)
         return schemas.SessionInfo(session_id=session.id, model=session.model, image_id=session.image_id,
                                    liveness_s=self.settings.session_liveness_s, idle_s=self.settings.session_idle_s)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.live_server import TEST_TOKEN as TOKEN
 from support.live_server import ThreadedServer, backend_app, module_on_path, read_ct, save_click_model
 from support.tiny_models import save_tiny_model
-
-TOKEN = "server-test-token"
 
 
 @pytest.fixture(scope="module")

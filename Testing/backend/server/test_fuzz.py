@@ -15,10 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import requests
+from support.live_server import TEST_TOKEN as TOKEN
 from support.live_server import ThreadedServer
 from tsfm_backend.server import wire
-
-from .conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FRAME = {"Content-Type": wire.MEDIA_TYPE}

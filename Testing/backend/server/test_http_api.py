@@ -12,10 +12,9 @@ import zlib
 import numpy as np
 import pytest
 import requests
+from support.live_server import TEST_TOKEN as TOKEN
 from support.live_server import ThreadedServer, module_on_path
 from tsfm_backend.server import wire
-
-from .conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -67,15 +67,16 @@ def _wait_for(condition, timeout_s: float = 10.0) -> None:  # noqa: ANN001
 
 def test_interactive_tasks_run_before_queued_jobs(worker: Worker) -> None:
     order: list[str] = []
-    hold = threading.Event()
-    worker.submit_batch(lambda: hold.wait(10))
+    running, hold = threading.Event(), threading.Event()
+    worker.submit_batch(lambda: running.set() or hold.wait(10))
+    running.wait(10)
     jobs = [worker.submit_batch(lambda n=n: order.append(f"job{n}")) for n in range(2)]
     clicks = []
     for n in range(2):
         thread = threading.Thread(target=lambda n=n: worker.call(lambda: order.append(f"click{n}"), 10))
         thread.start()
         clicks.append(thread)
-    _wait_for(lambda: worker.pending_interactive == 2)
+        _wait_for(lambda n=n: worker.pending_interactive == n + 1)
     hold.set()
     for thread in clicks:
         thread.join(10)
