@@ -21,7 +21,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class LoopConfig:
     validate_every: int = 0
     device: str = "auto"
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if int(self.steps) < 1:
@@ -270,7 +269,7 @@ def fit(
             "step": step, "skipped_steps": skipped, "validation": validation,
             "model": model_state, "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
+            "rng": rng_state(), "config": config.to_dict(),
         }
         if hasattr(batches, "state_dict"):
             state["batches"] = batches.state_dict()
