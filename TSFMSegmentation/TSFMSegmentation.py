@@ -28,6 +28,7 @@ from TSFMSegmentationLib.backend_process import bundled_backend_dirs
 from TSFMSegmentationLib.logic_connection import Connection, describe_info
 from TSFMSegmentationLib.logic_interactive import InteractiveEditor
 from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
+from TSFMSegmentationLib.prompts import create_prompt_list
 from TSFMSegmentationLib.segments import EditSettings
 from TSFMSegmentationLib.selftest import one_click_dice
 
@@ -426,11 +427,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.setCurrentSegmentID(editor.segment_id)
         for role, attribute in (("positive", "positivePoints"), ("negative", "negativePoints")):
             if getattr(self._parameterNode, attribute) is None:
-                from TSFMSegmentationLib.prompts import create_prompt_list
-
                 setattr(self._parameterNode, attribute, create_prompt_list(role))
-            node = getattr(self._parameterNode, attribute)
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointPlaced)
+            editor.watch(getattr(self._parameterNode, attribute), on_error=self.onPromptError)
         self._heartbeatTimer.start()
         self.ui.interactiveStatusLabel.text = _("Place points (P / N) or a box (B).")
 
@@ -447,13 +445,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
             slicer.vtkMRMLInteractionNode.Place if on else slicer.vtkMRMLInteractionNode.ViewTransform)
 
-    def onPointPlaced(self, caller, event) -> None:  # noqa: ANN001
-        from TSFMSegmentationLib.prompts import control_point_world, is_positive
-
-        index = caller.GetNumberOfControlPoints() - 1
-        with slicer.util.tryWithErrorDisplay(_("The click could not be used."), waitCursor=True):
-            self.logic.addPoint(control_point_world(caller, index), is_positive(caller))
-            self.updateReviewTable()
+    def onPromptError(self, error: Exception) -> None:
+        slicer.util.errorDisplay(_("The click could not be used: {error}").format(error=error))
 
     def onBox(self) -> None:
         """First press: place a box (two corners); afterwards each placement or handle drag sends it."""

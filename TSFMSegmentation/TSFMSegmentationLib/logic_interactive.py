@@ -69,6 +69,7 @@ class InteractiveEditor:
         self.segment_id = ""
         self._objects: dict[str, int] = {}
         self._synced: dict[str, str] = {}
+        self._watched: list[tuple[slicer.vtkMRMLMarkupsNode, int]] = []
         self._empty_checksum = provenance.mask_checksum(np.zeros(self.geometry.shape_kji, np.uint8))
         self._undo: dict[str, list[CropChange]] = {}
         self._redo: dict[str, list[CropChange]] = {}
@@ -110,6 +111,9 @@ class InteractiveEditor:
             return self.client.heartbeat(self.session_id)
 
     def close(self) -> None:
+        for node, tag in self._watched:
+            node.RemoveObserver(tag)
+        self._watched = []
         if self.session_id:
             try:
                 self.client.close_session(self.session_id)
@@ -148,6 +152,24 @@ class InteractiveEditor:
     def click(self, ras: tuple[float, float, float], positive: bool = True) -> CropChange:
         """A click at world RAS mm (from any view): include (positive) or exclude (negative) that spot."""
         return self._send(prompts.point_interaction(self.geometry, ras, positive, self.object_id))
+
+    def watch(self, point_list: slicer.vtkMRMLMarkupsFiducialNode,
+              on_error: Callable[[Exception], None] | None = None) -> None:
+        """Send every point placed in ``point_list`` from now on as one click (its role gives the polarity).
+
+        Errors (a click outside the image, a server failure) go to ``on_error``; without one they are raised.
+        """
+        def placed(caller, event) -> None:  # noqa: ANN001
+            index = caller.GetNumberOfControlPoints() - 1
+            try:
+                self.click(prompts.control_point_world(caller, index), prompts.is_positive(caller))
+            except Exception as error:
+                if on_error is None:
+                    raise
+                on_error(error)
+
+        tag = point_list.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, placed)
+        self._watched.append((point_list, tag))
 
     def box(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> CropChange:
         """The object lies inside this ROI box."""

@@ -175,3 +175,22 @@ def test_removed_segment_starts_a_new_one(editing) -> None:  # noqa: ANN001
     assert editor.segment_id != removed
     assert recorder.sent[-1][0]["object_id"] == 2
     assert segment_voxels(editor).any() or not recorder.answers[-1][1].any()
+
+
+def test_each_point_placed_in_a_watched_list_is_one_click(editing) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import prompts
+
+    logic, editor, recorder, volume = editing
+    positive = prompts.create_prompt_list(prompts.POSITIVE_ROLE)
+    negative = prompts.create_prompt_list(prompts.NEGATIVE_ROLE)
+    errors: list[Exception] = []
+    editor.watch(positive, on_error=errors.append)
+    editor.watch(negative, on_error=errors.append)
+    positive.AddControlPoint(*world_of(volume, (15, 50, 60)))
+    negative.AddControlPoint(*world_of(volume, (15, 52, 63)))
+    positive.AddControlPoint(*world_of(volume, (45, 50, 60)))  # outside the image: reported, not sent
+    assert [(s["point"], s["positive"]) for s, _ in recorder.sent] == [([15, 50, 60], True), ([15, 52, 63], False)]
+    assert len(errors) == 1 and "outside the volume" in str(errors[0])
+    editor.close()
+    positive.AddControlPoint(*world_of(volume, (14, 50, 60)))
+    assert len(recorder.sent) == 2  # no longer watched
