@@ -225,3 +225,16 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     got = torch.load(killed / "final.pt", weights_only=True)
     for name, value in expected.items():
         assert torch.equal(value, got[name]), name
+
+
+def test_mixed_precision_on_the_cpu_uses_bfloat16_autocast(tmp_path):
+    seen: list[torch.dtype] = []
+
+    def loss_with_dtype(m: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = m(b["image"])
+        seen.append(logits.dtype)
+        return nn.functional.cross_entropy(logits.float(), b["label"])
+
+    torch.manual_seed(0)
+    result = fit(Net(), random_batches(), loss_with_dtype, config(tmp_path, steps=2, amp=True))
+    assert seen == [torch.bfloat16, torch.bfloat16] and math.isfinite(result["loss"])
