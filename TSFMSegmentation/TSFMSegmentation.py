@@ -449,22 +449,23 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.errorDisplay(_("The click could not be used: {error}").format(error=error))
 
     def onBox(self) -> None:
-        """First press: place a box (two corners); afterwards each placement or handle drag sends it."""
+        """Place a box (ROI); placing it and each handle drag afterwards send it."""
+        editor = self.logic.editor
+        if editor is None:
+            raise RuntimeError(_("Press Start in the Interactive section first."))
         roi = self._parameterNode.boxRoi
         if roi is None:
             roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
             self._parameterNode.boxRoi = roi
-            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                          slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent):
-                self.addObserver(roi, event, lambda caller, event: self._run(self.onBox))
-        if roi.GetNumberOfControlPoints() == 0:
-            selection = slicer.app.applicationLogic().GetSelectionNode()
-            selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
-            selection.SetActivePlaceNodeID(roi.GetID())
-            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
-                slicer.vtkMRMLInteractionNode.Place)
+        editor.watch_box(roi, on_error=self.onPromptError)
+        if roi.GetNumberOfControlPoints() > 0:
+            self.logic.setBox(roi)
             return
-        self.logic.setBox(roi)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+        selection.SetActivePlaceNodeID(roi.GetID())
+        slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+            slicer.vtkMRMLInteractionNode.Place)
 
     def onUndo(self) -> None:
         self.logic.undo()

@@ -171,6 +171,23 @@ class InteractiveEditor:
         tag = point_list.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, placed)
         self._watched.append((point_list, tag))
 
+    def watch_box(self, roi_node: slicer.vtkMRMLMarkupsROINode,
+                  on_error: Callable[[Exception], None] | None = None) -> None:
+        """Send the box each time the ROI is placed or a handle drag ends."""
+        def changed(caller, event) -> None:  # noqa: ANN001
+            if caller.GetNumberOfControlPoints() == 0:
+                return
+            try:
+                self.box(caller)
+            except Exception as error:
+                if on_error is None:
+                    raise
+                on_error(error)
+
+        for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                      slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent):
+            self._watched.append((roi_node, roi_node.AddObserver(event, changed)))
+
     def box(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> CropChange:
         """The object lies inside this ROI box."""
         return self._send(prompts.box_interaction(self.geometry, roi_node, self.object_id))

@@ -194,3 +194,18 @@ def test_each_point_placed_in_a_watched_list_is_one_click(editing) -> None:  # n
     editor.close()
     positive.AddControlPoint(*world_of(volume, (14, 50, 60)))
     assert len(recorder.sent) == 2  # no longer watched
+
+
+def test_watched_box_is_sent_when_a_handle_drag_ends(editing) -> None:  # noqa: ANN001
+    import slicer
+
+    logic, editor, recorder, volume = editing
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    editor.watch_box(roi)
+    roi.SetSize(30.0, 30.0, 12.0)
+    roi.SetCenter(*world_of(volume, (15, 50, 60)))
+    recorder.sent.clear()
+    roi.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # what the view sends after a drag
+    assert [s["kind"] for s, _ in recorder.sent] == ["box"]
+    (k0, j0, i0), (k1, j1, i1) = recorder.sent[0][0]["box"]
+    assert k0 <= 15 <= k1 and j0 <= 50 <= j1 and i0 <= 60 <= i1
