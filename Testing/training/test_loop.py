@@ -236,5 +236,5 @@ def test_mixed_precision_on_the_cpu_uses_bfloat16_autocast(tmp_path):
         return nn.functional.cross_entropy(logits.float(), b["label"])
 
     torch.manual_seed(0)
-    result = fit(Net(), random_batches(), loss_with_dtype, config(tmp_path, steps=2, amp=True))
+    result = fit(Net(), random_batches(), loss_with_dtype, config(tmp_path, steps=2, warmup_steps=0, amp=True))
     assert seen == [torch.bfloat16, torch.bfloat16] and math.isfinite(result["loss"])
