@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from TSFMSegmentationLib import export, provenance
-from TSFMSegmentationLib.backend_process import bundled_backend_dirs
+from TSFMSegmentationLib.backend_process import bundled_backend_dirs, can_import_backend
 from TSFMSegmentationLib.logic_connection import Connection, describe_info
 from TSFMSegmentationLib.logic_interactive import InteractiveEditor
 from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
@@ -111,7 +111,11 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
     def startLocalBackend(self, python: str = "", device: str = "auto", timeoutSeconds: float = 180.0,
                           onWait=None) -> dict[str, Any]:  # noqa: ANN001
         """Start ``tsfm-backend serve`` on a free loopback port with ``python`` (Slicer's own when empty)."""
-        return self.connection.connect_local(python or sys.executable, device, timeoutSeconds, on_wait=onWait)
+        python = python or sys.executable
+        if not can_import_backend(python):
+            raise RuntimeError(f"{python} cannot run the backend (tsfm_backend, fastapi, uvicorn): press "
+                               "'Install backend' for Slicer's Python, or choose an environment that has it")
+        return self.connection.connect_local(python, device, timeoutSeconds, on_wait=onWait)
 
     def connectRemote(self, url: str, token: str = "") -> dict[str, Any]:
         """Use a backend at ``url``; the token stays in memory only."""

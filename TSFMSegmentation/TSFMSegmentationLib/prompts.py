@@ -76,9 +76,3 @@ def create_prompt_list(role: str, name: str | None = None) -> slicer.vtkMRMLMark
         display.SetPointLabelsVisibility(False)
     return node
 
-
-def defined_point_count(markups_node: slicer.vtkMRMLMarkupsNode) -> int:
-    """Control points whose position is set (a point still being placed does not count)."""
-    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
-    return sum(1 for index in range(markups_node.GetNumberOfControlPoints())
-               if markups_node.GetNthControlPointPositionStatus(index) == defined)

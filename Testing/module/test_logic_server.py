@@ -108,3 +108,10 @@ def test_token_is_never_saved_with_the_scene(logic, local_backend, small_ct_path
     text = scene_file.read_text(encoding="utf-8")
     assert local_backend.url in text
     assert "s3cret-token-value" not in text
+
+
+def test_local_backend_needs_a_python_that_has_it(mini, tmp_path: Path) -> None:  # noqa: ANN001
+    from TSFMSegmentation import TSFMSegmentationLogic
+
+    with pytest.raises(RuntimeError, match="Install backend"):
+        TSFMSegmentationLogic().startLocalBackend(python=str(tmp_path / "no-python"))
