@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fast", action="store_true", help="our engine in fast mode (argmax before resampling)"
     )
     parser.add_argument("--skip-outside-body", action="store_true", help="our engine skips air-only windows")
+    parser.add_argument("--no-amp", action="store_true", help="our engine in float32 (equal settings on CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per engine")
     parser.add_argument(
@@ -202,7 +203,11 @@ def run_ours(args, loaded, timed, image: Path, out: Path) -> None:
     from tsfm_backend.label_io import write_labels
 
     options = SegmentOptions(
-        step=args.step, batch_size=args.batch, fast=args.fast, skip_outside_body=args.skip_outside_body
+        step=args.step,
+        batch_size=args.batch,
+        fast=args.fast,
+        skip_outside_body=args.skip_outside_body,
+        amp=not args.no_amp,
     )
     volume = read_volume(image)
     result = segment_volume(LoadedModel(timed, loaded.card), volume, options, device=args.device)
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model STU-Net {args.preset}, {args.classes + 1} outputs, patch {patch_of(args)}, spacing {args.spacing} mm, "
         f"step {args.step}, batch {args.batch}, device {args.device}, {args.threads} threads, "
-        f"ours: fast={args.fast} skip_outside_body={args.skip_outside_body}"
+        f"ours: fast={args.fast} skip_outside_body={args.skip_outside_body} amp={not args.no_amp}"
     )
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     results = {}

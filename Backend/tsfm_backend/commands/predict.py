@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast", action="store_true", help="argmax on the model grid, then nearest neighbour back"
     )
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
-    parser.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
+    parser.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="float32 throughout (no bf16/fp16 autocast on CUDA or bf16-capable CPUs)",
+    )
     parser.add_argument(
         "--largest-component", action="store_true", help="keep the largest component per class"
     )

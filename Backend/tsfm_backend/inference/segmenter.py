@@ -48,7 +48,8 @@ class SegmentOptions:
         tta: average the 8 mirrored copies of every window (8x slower).
         batch_size: windows per forward pass.
         fast: argmax on the network grid, then nearest-neighbour back (less memory and time).
-        amp: mixed precision (bf16 where supported, else fp16) on CUDA; ignored on the CPU.
+        amp: mixed precision: bf16 (else fp16) on CUDA, bf16 on CPUs with native bf16 instructions
+            (about 1.7x faster convolutions there); float32 elsewhere or when False.
         largest_component: keep only the largest connected component of each class.
         fill_holes: fill cavities enclosed by a class.
         crop_to_body: run only on the bounding box of the body (voxels above -500 HU for CT).
@@ -168,10 +169,21 @@ class NetworkGridWriter:
         return labels_to_source(self.labels, self.grid)
 
 
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 convolutions beat float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Autocast dtype: bf16 (else fp16) on CUDA, bf16 on CPUs that compute it natively, else None (float32)."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
 
 
 def segment_volume(
@@ -237,7 +249,7 @@ def segment_volume(
         predictor = make_predictor(
             network,
             mirror_axes=(0, 1, 2) if options.tta else (),
-            amp_dtype=_amp_dtype(device, options.amp),
+            amp_dtype=amp_dtype(device, options.amp),
             channels_last=channels_last,
         )
         sliding_window(

@@ -61,8 +61,10 @@ def gaussian_importance_map(
         distance = torch.arange(size, dtype=torch.float64) - size // 2
         axes.append(torch.exp(-0.5 * (distance / sigma) ** 2))
     weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    weight = weight / weight.max()
-    return weight.clamp_min(1e-6).to(torch.float32).to(device)
+    weight = (weight / weight.max()).to(torch.float32)
+    # Far corners can underflow to 0 in float32; give them the smallest positive weight (as nnU-Net does).
+    weight[weight == 0] = weight[weight > 0].min()
+    return weight.to(device)
 
 
 def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
