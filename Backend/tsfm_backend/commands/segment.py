@@ -3,6 +3,7 @@
 Coordinates are given as X,Y,Z in ``--coords ras`` (Slicer's world coordinates, the default), ``lps``
 (DICOM/ITK world coordinates) or ``ijk`` (voxel indices i, j, k as in Slicer's data probe). World
 points are mapped to voxels with the image's full direction matrix, so oblique and flipped images work.
+A value that starts with a minus sign needs the ``=`` form: ``--point=-12.5,30,4``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, help="CT image file (NIfTI, NRRD, ...) or DICOM folder")
     parser.add_argument("-o", "--output", required=True, help="output mask file (e.g. mask.nii.gz)")
     parser.add_argument("--point", action="append", default=[], metavar="X,Y,Z",
-                        help="positive click inside the object (repeatable)")
+                        help="positive click inside the object (repeatable; --point=-1,2,3 for a leading minus)")
     parser.add_argument("--negative", action="append", default=[], metavar="X,Y,Z",
                         help="negative click on something that is not the object (repeatable)")
     parser.add_argument("--box", action="append", default=[], metavar="X1,Y1,Z1,X2,Y2,Z2",

@@ -1,0 +1,68 @@
+"""The bundled default model in a real session on a held-out sarcoma CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tsfm_backend.checkpoints import load_model
+from tsfm_backend.image_io import read_volume
+from tsfm_backend.inference.click_policy import dice, first_click, next_click
+from tsfm_backend.inference.interactive import Interaction, InteractiveSession
+
+MODEL = "sts-click-small"
+CASE = "STS_005"
+# A ball of 20 mm radius at the click: what a user gets without a model.
+SPHERE_MM = 20.0
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def case(shared_data):
+    volume = read_volume(shared_data / "sts" / CASE / "ct.nii.gz")
+    reference = read_volume(shared_data / "sts" / CASE / "mask.nii.gz").array > 0
+    return volume, reference
+
+
+def test_card_describes_the_bundle(bundled):
+    card = bundled.card
+    assert card.kind == "promptable" and card.family == "click_unet" and card.license == "CC-BY-3.0"
+    data = card.provenance["data"]
+    assert CASE in data["validation_cases"] and CASE not in data["training_cases"]
+    assert "Soft-tissue-Sarcoma" in data["attribution"]
+    assert card.provenance["command"].startswith(".venv/bin/tsfm-train run training/configs/interactive_default.yaml")
+    assert set(card.provenance["metrics"]["mean"]) == {"dice_1", "dice_3", "dice_5"}
+
+
+def test_one_click_segments_the_tumour(bundled, case):
+    volume, reference = case
+    session = InteractiveSession(bundled, volume)
+    click = first_click(reference, volume.spacing_kji)
+    update = session.interact(Interaction("point", True, point=click.point))
+    mask = session.mask(1)
+    box = tuple(slice(o, o + n) for o, n in zip(update.origin, update.mask.shape, strict=True))
+    assert np.array_equal(mask[box], update.mask) and mask.sum() == update.mask.sum()
+
+    grid = np.indices(reference.shape, dtype=np.float32)
+    distance = sum(((grid[a] - click.point[a]) * volume.spacing_kji[a]) ** 2 for a in range(3))
+    sphere = distance <= SPHERE_MM ** 2
+    model_dice, sphere_dice = dice(mask, reference), dice(sphere, reference)
+    assert model_dice > 0.65
+    assert model_dice > sphere_dice + 0.2
+
+
+def test_correction_click_changes_the_mask_where_clicked(bundled, case):
+    volume, reference = case
+    session = InteractiveSession(bundled, volume)
+    session.interact(Interaction("point", True, point=first_click(reference, volume.spacing_kji).point))
+    before = session.mask(1)
+    correction = next_click(before, reference, volume.spacing_kji)
+    update = session.interact(Interaction("point", correction.positive, point=correction.point))
+    after = session.mask(1)
+    assert not update.empty
+    assert after[correction.point] == (1 if correction.positive else 0)
+    session.undo(1)
+    assert np.array_equal(session.mask(1), before)
