@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support.live_server import free_port, start_serve_process, wait_until_healthy
 from support.tiny_models import save_tiny_model
@@ -25,6 +26,28 @@ def _stop(process) -> None:  # noqa: ANN001
             process.wait(5)
 
 
+def _click_a_real_tumour(client, client_module) -> None:  # noqa: ANN001
+    """The bundled click model, served by the process, segments a sarcoma from one click in its depth."""
+    from conftest import shared_data_dir
+    from scipy import ndimage
+    from support.live_server import read_ct
+
+    if "sts-click-small" not in [model["id"] for model in client.models()]:
+        pytest.skip("the bundled interactive model is not installed")
+    case = shared_data_dir() / "sts" / "STS_033"
+    array, spacing, origin, direction = read_ct(case / "ct.nii.gz")
+    truth = read_ct(case / "mask.nii.gz")[0] > 0
+    deepest = np.unravel_index(np.argmax(ndimage.distance_transform_edt(truth, sampling=spacing[::-1])), truth.shape)
+    session_id = client.create_session(client.upload_image(array, spacing, origin, direction), "sts-click-small")
+    origin_kji, crop = client.interact(session_id, {"kind": "point", "point": [int(v) for v in deepest]})
+    mask = np.zeros(truth.shape, np.uint8)
+    k, j, i = origin_kji
+    mask[k:k + crop.shape[0], j:j + crop.shape[1], i:i + crop.shape[2]] = crop
+    dice = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.6, dice  # the card reports 0.80 for this held-out case
+    client.close_session(session_id)
+
+
 def test_a_killed_server_is_reported_clearly_and_a_restarted_one_works(tmp_path: Path, client_module,  # noqa: ANN001
                                                                       small_ct) -> None:  # noqa: ANN001
     home = tmp_path / "home"
@@ -38,7 +61,7 @@ def test_a_killed_server_is_reported_clearly_and_a_restarted_one_works(tmp_path:
         with pytest.raises(client_module.Unauthorized, match="bearer token"):
             client_module.BackendClient(url).models()
         client = client_module.BackendClient(url, token=TOKEN)
-        assert [model["id"] for model in client.models()] == ["tiny-stunet"]
+        assert "tiny-stunet" in [model["id"] for model in client.models()]
         image_id = client.upload_image(*small_ct)
         job_id = client.start_job(image_id, "tiny-stunet", {"step": 0.1})
         while client.job(job_id)["state"] != "running":
@@ -62,6 +85,7 @@ def test_a_killed_server_is_reported_clearly_and_a_restarted_one_works(tmp_path:
         assert client.wait_for_job(job_id, poll_s=0.2, timeout_s=180)["state"] == "done"
         labels, names = client.job_result(job_id)
         assert labels.shape == small_ct[0].shape and names == {1: "liver"}
+        _click_a_real_tumour(client, client_module)
     finally:
         _stop(server)
     assert "Traceback" not in log.read_text()
