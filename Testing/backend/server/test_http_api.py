@@ -254,3 +254,22 @@ def test_sessions_at_capacity_answer_503_and_expired_ones_410(live, client, smal
         registry.liveness_s = 120.0
     assert len(registry) == 0
     client.close_session(client.create_session(image_id, "tiny-click"))
+
+
+def test_clicks_are_answered_while_a_long_job_runs(live, client, small_ct) -> None:  # noqa: ANN001
+    image_id = client.upload_image(*small_ct)
+    session_id = client.create_session(image_id, "tiny-click")
+    reference_session = client.create_session(image_id, "tiny-click")
+    job_id = client.start_job(image_id, "tiny-stunet", {"step": 0.1})
+    _wait_state(client, job_id, ("running",))
+    answers = [client.interact(session_id, {"kind": "point", "point": [15, 50 + n, 60]}) for n in range(3)]
+    during = client.job(job_id)
+    client.cancel_job(job_id)
+    _wait_state(client, job_id, ("cancelled", "done", "failed"), timeout_s=60)
+    assert during["state"] == "running" and during["progress"] < 1.0  # the clicks did not wait for the job
+    for n, (origin, crop) in enumerate(answers):  # same answers as with no job running
+        expected_origin, expected = client.interact(reference_session, {"kind": "point", "point": [15, 50 + n, 60]})
+        assert origin == expected_origin
+        np.testing.assert_array_equal(crop, expected)
+    client.close_session(session_id)
+    client.close_session(reference_session)
