@@ -49,7 +49,9 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
             sweeper.cancel()
             await run_in_threadpool(services.close)
 
-    app = FastAPI(title="tsfm-backend", version=API_VERSION, lifespan=lifespan,
+    # The schema is served (for tools); the HTML docs pages are not: they load scripts from a CDN.
+    app = FastAPI(title="tsfm-backend", version=API_VERSION, lifespan=lifespan, openapi_url="/v1/openapi.json",
+                  docs_url=None, redoc_url=None,
                   description="Automatic and interactive 3D segmentation; see Backend/README.md")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     _add_error_handlers(app)
@@ -74,10 +76,14 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
             response.status_code = 200
         return image
 
-    @app.api_route("/v1/images/{image_id}", methods=["GET", "HEAD"], response_model=schemas.ImageInfo,
-                   dependencies=auth)
+    @app.get("/v1/images/{image_id}", response_model=schemas.ImageInfo, dependencies=auth)
     def image(image_id: HexId) -> schemas.ImageInfo:
         return services.image_info(image_id)
+
+    @app.head("/v1/images/{image_id}", dependencies=auth, response_class=Response)
+    def has_image(image_id: HexId) -> Response:
+        services.image_info(image_id)
+        return Response(status_code=200)
 
     @app.post("/v1/jobs", response_model=schemas.JobStatus, status_code=202, dependencies=auth)
     def submit_job(request: schemas.JobCreate) -> schemas.JobStatus:

@@ -38,7 +38,8 @@ class Settings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         max_sessions: interactive sessions held at once; one more gets 503 with Retry-After.
         max_queued_jobs: automatic jobs waiting at once; one more gets 503 with Retry-After.
-        kept_jobs: finished jobs whose results stay retrievable (oldest dropped first).
+        kept_jobs: finished jobs whose label maps stay retrievable (oldest dropped first; each holds one
+            label map of its image's size).
         max_request_bytes: largest HTTP request body (compressed bytes on the wire).
         max_array_bytes: largest array once decompressed (an int16 512x512x1000 CT is 0.5 GiB).
         image_store_bytes: decompressed bytes of uploaded images kept (least recently used dropped).
@@ -55,7 +56,7 @@ class Settings:
     device: str = "auto"
     max_sessions: int = 8
     max_queued_jobs: int = 8
-    kept_jobs: int = 32
+    kept_jobs: int = 8
     max_request_bytes: int = 1 << 30
     max_array_bytes: int = 2 << 30
     image_store_bytes: int = 4 << 30
