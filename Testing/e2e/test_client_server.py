@@ -93,3 +93,13 @@ def test_wrong_token_and_unreachable_server_raise_typed_errors(live: ThreadedSer
         client_module.BackendClient(live.url).job("0" * 32)
     with pytest.raises(client_module.BadRequest, match="image_id"):
         client_module.BackendClient(live.url).start_job("not-hex", "tiny-stunet")
+
+
+def test_the_client_refuses_a_server_of_another_api_major_version(client_module) -> None:  # noqa: ANN001
+    from fastapi import FastAPI
+
+    future = FastAPI()
+    future.get("/v1/health")(lambda: {"status": "ok", "api_version": "2.0"})
+    with ThreadedServer(future) as server:
+        with pytest.raises(client_module.BackendError, match="speaks API 2.0, this module needs 1.x"):
+            client_module.BackendClient(server.url).health()
