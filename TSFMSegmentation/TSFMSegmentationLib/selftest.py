@@ -12,11 +12,27 @@ import slicer
 from .volumes import image_geometry
 
 
-def deepest_voxel(mask: np.ndarray) -> tuple[int, int, int]:
-    """(k, j, i) of a voxel as far inside ``mask`` (K, J, I) as repeated 6-neighbour erosion reaches."""
+def deepest_voxel(mask: np.ndarray, spacing_kji: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[int, int, int]:
+    """(k, j, i) of the voxel of ``mask`` (K, J, I) farthest (in mm) from its border.
+
+    The array's edge counts as border. Uses scipy's Euclidean distance transform where Slicer's Python
+    has scipy (the click the backend's evaluation protocol makes); otherwise repeated 6-neighbour
+    erosion, which ignores anisotropic spacing.
+    """
     current = np.asarray(mask, bool)
     if not current.any():
         raise ValueError("the reference mask is empty")
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return _deepest_by_erosion(current)
+    inside = np.pad(current, 1)
+    distance = ndimage.distance_transform_edt(inside, sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    k, j, i = np.unravel_index(int(np.argmax(distance)), current.shape)
+    return int(k), int(j), int(i)
+
+
+def _deepest_by_erosion(current: np.ndarray) -> tuple[int, int, int]:
     while True:
         eroded = current.copy()
         for axis in range(3):
@@ -34,12 +50,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
-def one_click_dice(logic, volume_node, reference: np.ndarray, model: str) -> float:  # noqa: ANN001
-    """Start a session, click (world RAS) at the deepest voxel of ``reference`` (K, J, I), return Dice.
+def one_click_dice(logic, volume_node, reference: np.ndarray, model: str,  # noqa: ANN001
+                   click_kji: tuple[int, int, int] | None = None) -> float:
+    """Start a session, click (world RAS) inside ``reference`` (K, J, I) and return the Dice.
 
-    Afterwards the click is undone and the segment must be empty again (raises AssertionError if not).
+    The click goes to ``click_kji``, or to the deepest voxel of ``reference`` (in mm) when None. Afterwards the click
+    is undone and the segment must be empty again (raises AssertionError if not).
     """
-    k, j, i = deepest_voxel(reference)
+    spacing_kji = tuple(reversed(image_geometry(volume_node).spacing))
+    k, j, i = click_kji if click_kji is not None else deepest_voxel(reference, spacing_kji)
     ras = image_geometry(volume_node).ijk_to_world_points([[i, j, k]])[0]
     editor = logic.startInteractive(volume_node, model)
     logic.addPoint(ras, positive=True)
