@@ -142,16 +142,21 @@ def test_interaction_honours_segment_editor_masking(editing) -> None:  # noqa: A
     np.testing.assert_array_equal(result[:, :, 61:], answered[:, :, 61:])
 
 
-def test_self_test_steps_run_on_a_real_tumour_case(logic, shared_data: Path) -> None:  # noqa: ANN001
-    """What TSFMSegmentationTest does inside Slicer, on the same STS case, with the suite's random model."""
+def test_self_test_click_reaches_the_bundled_models_dice(logic, shared_data: Path) -> None:  # noqa: ANN001
+    """What TSFMSegmentationTest does inside Slicer, on the same held-out sarcoma case and model: the
+    whole module path (RAS click, HTTP, crop write) must give the Dice the model card records."""
+    import json
+
     import slicer
     from TSFMSegmentationLib.selftest import one_click_dice
 
+    card = json.loads((mini_slicer.REPO / "Backend" / "tsfm_backend" / "resources" / "models" / "sts-click-small"
+                       / "model.json").read_text())
+    expected = card["provenance"]["metrics"]["cases"]["STS_005"]["dice"][0]
     case = shared_data / "sts" / "STS_005"
     volume = mini_slicer.load_volume(case / "ct.nii.gz", "sts")
     reference = slicer.util.arrayFromVolume(mini_slicer.load_volume(case / "mask.nii.gz", "mask")).copy()
-    score = one_click_dice(logic, volume, reference, "tiny-click")
-    assert 0.0 <= score <= 1.0
+    assert one_click_dice(logic, volume, reference, "sts-click-small") == pytest.approx(expected, abs=2e-3)
 
 
 def test_deepest_voxel_and_dice(mini) -> None:  # noqa: ANN001
