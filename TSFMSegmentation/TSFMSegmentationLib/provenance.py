@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import vtk
 
-from .segments import read_segment_crop, segment_ids
-from .volumes import image_geometry
+from .segments import occupied_extent, read_segment_crop, segment_ids
 
 TAG = "TSFMSegmentation.Provenance"
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
@@ -29,14 +28,26 @@ def now_iso() -> str:
 
 
 def voxel_checksum(segmentation_node, segment_id: str, volume_node) -> str:  # noqa: ANN001
-    """sha1 of the segment's voxels on the volume grid (bit-packed), independent of labelmap layout."""
-    k, j, i = image_geometry(volume_node).shape_kji
-    return mask_checksum(read_segment_crop(segmentation_node, segment_id, volume_node, (0, i - 1, 0, j - 1, 0, k - 1)))
+    """Checksum of the segment's voxels on the volume grid, independent of how Slicer stores them."""
+    region = occupied_extent(segmentation_node, segment_id, volume_node)
+    if region is None:
+        return mask_checksum(np.zeros((1, 1, 1), np.uint8))
+    mask = read_segment_crop(segmentation_node, segment_id, volume_node, region)
+    return mask_checksum(mask, (region[4], region[2], region[0]))
 
 
-def mask_checksum(mask: np.ndarray) -> str:
-    """sha1 of a {0, 1} mask (K, J, I), bit-packed."""
-    return hashlib.sha1(np.packbits(mask.ravel() > 0).tobytes()).hexdigest()
+def mask_checksum(mask: np.ndarray, origin_kji: tuple[int, int, int] = (0, 0, 0)) -> str:
+    """sha1 of where a {0, 1} mask (K, J, I) is set: its bounding box on the volume grid and the voxels
+    inside it, so the same voxels give the same checksum whatever region they were read from."""
+    mask = np.asarray(mask) > 0
+    occupied = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(index) == 0 for index in occupied):
+        return hashlib.sha1(b"empty").hexdigest()
+    low = [int(index[0]) for index in occupied]
+    high = [int(index[-1]) + 1 for index in occupied]
+    box = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    corner = np.array([origin_kji[a] + low[a] for a in range(3)] + list(box.shape), np.int64)
+    return hashlib.sha1(corner.tobytes() + np.packbits(box.ravel()).tobytes()).hexdigest()
 
 
 def read(segmentation_node, segment_id: str) -> dict[str, Any]:  # noqa: ANN001
@@ -55,16 +66,18 @@ def _write(segmentation_node, segment_id: str, record: dict[str, Any]) -> None: 
 
 
 def record_model_output(segmentation_node, segment_id: str, volume_node, model: str, source: str,  # noqa: ANN001
-                        prompts: list[dict[str, Any]] | None = None, backend: str = "") -> dict[str, Any]:
+                        prompts: list[dict[str, Any]] | None = None, backend: str = "",
+                        checksum: str | None = None) -> dict[str, Any]:
     """Note that ``model`` just wrote this segment (``source`` "automatic" or "interactive").
 
-    Prompts accumulate over an interactive session; the checksum is taken now, after the write.
+    Prompts accumulate over an interactive session. ``checksum`` (``mask_checksum`` of what the model
+    wrote) saves reading the segment back; without it the segment is read now, after the write.
     """
     record = read(segmentation_node, segment_id)
     record.setdefault("created", now_iso())
     record.setdefault("status", PENDING)
     record.update(model=model, source=source, backend=backend, updated=now_iso(),
-                  checksum=voxel_checksum(segmentation_node, segment_id, volume_node))
+                  checksum=checksum or voxel_checksum(segmentation_node, segment_id, volume_node))
     record["prompts"] = list(record.get("prompts", [])) + [dict(p) for p in (prompts or [])]
     _write(segmentation_node, segment_id, record)
     return record

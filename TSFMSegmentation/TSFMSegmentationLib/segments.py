@@ -206,7 +206,7 @@ def write_segment_crop(segmentation_node, segment_id: str, volume_node, extent: 
         segmentation.SeparateSegmentLabelmap(segment_id)
     # A plain replace works for every layer layout; it covers the segment's whole occupied region plus
     # the crop and carries the segment's own voxels outside the crop unchanged.
-    region = _union(extent, _occupied_extent(segmentation_node, segment_id, volume_node))
+    region = _union(extent, occupied_extent(segmentation_node, segment_id, volume_node))
     values = read_segment_crop(segmentation_node, segment_id, volume_node, region)
     values[extent[4] - region[4]:extent[5] - region[4] + 1, extent[2] - region[2]:extent[3] - region[2] + 1,
            extent[0] - region[0]:extent[1] - region[0] + 1] = mask > 0
@@ -246,8 +246,8 @@ def _write_in_layer(segmentation_node, segment_id: str, volume_node, extent: Ext
     return True
 
 
-def _occupied_extent(segmentation_node, segment_id: str, volume_node) -> Extent | None:  # noqa: ANN001
-    """The volume-grid extent around a segment's labelmap (None when it holds nothing)."""
+def occupied_extent(segmentation_node, segment_id: str, volume_node) -> Extent | None:  # noqa: ANN001
+    """A volume-grid extent that holds all of a segment's voxels (None when its labelmap is empty)."""
     internal = _internal_labelmap_on_grid(segmentation_node, segment_id, volume_node)
     if internal is not None:
         return _clip_extent(internal.GetExtent(), image_geometry(volume_node).shape_kji)

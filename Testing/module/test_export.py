@@ -131,3 +131,15 @@ def test_more_than_255_labels_are_written_as_uint16(ct_node, tmp_path: Path) -> 
     array = sitk.GetArrayFromImage(written)
     np.testing.assert_array_equal(array == 300, labels == 1)
     np.testing.assert_array_equal(array == 7, labels == 2)
+
+
+def test_checksum_depends_on_the_voxels_not_on_the_region_read(mini) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.provenance import mask_checksum
+
+    whole = np.zeros((20, 30, 40), np.uint8)
+    whole[5:9, 10:12, 20:31] = 1
+    part = whole[3:15, 8:25, 18:40]
+    assert mask_checksum(whole) == mask_checksum(part, (3, 8, 18))
+    moved = np.roll(whole, 1, axis=2)
+    assert mask_checksum(moved) != mask_checksum(whole)
+    assert mask_checksum(np.zeros((4, 4, 4))) == mask_checksum(np.zeros((1, 1, 1)))
