@@ -70,7 +70,7 @@ class InteractiveEditor:
         self._objects: dict[str, int] = {}
         self._synced: dict[str, str] = {}
         self._watched: list[tuple[slicer.vtkMRMLMarkupsNode, int]] = []
-        self._empty_checksum = provenance.mask_checksum(np.zeros(self.geometry.shape_kji, np.uint8))
+        self._empty_checksum = provenance.mask_checksum(np.zeros((1, 1, 1), np.uint8))
         self._undo: dict[str, list[CropChange]] = {}
         self._redo: dict[str, list[CropChange]] = {}
 
