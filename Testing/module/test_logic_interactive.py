@@ -172,3 +172,48 @@ def test_deepest_voxel_and_dice(mini) -> None:  # noqa: ANN001
     assert dice(mask, mask) == 1.0 and dice(mask, ~mask) == 0.0
     with pytest.raises(ValueError, match="empty"):
         deepest_voxel(np.zeros((3, 3, 3), bool))
+
+
+def test_removed_segment_starts_a_new_one(editing) -> None:  # noqa: ANN001
+    logic, editor, recorder, volume = editing
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    removed = editor.segment_id
+    editor.segmentation_node.GetSegmentation().RemoveSegment(removed)
+    logic.addPoint(world_of(volume, (15, 50, 60)))
+    assert editor.segment_id != removed
+    assert recorder.sent[-1][0]["object_id"] == 2
+    assert segment_voxels(editor).any() or not recorder.answers[-1][1].any()
+
+
+def test_each_point_placed_in_a_watched_list_is_one_click(editing) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import prompts
+
+    logic, editor, recorder, volume = editing
+    positive = prompts.create_prompt_list(prompts.POSITIVE_ROLE)
+    negative = prompts.create_prompt_list(prompts.NEGATIVE_ROLE)
+    errors: list[Exception] = []
+    editor.watch(positive, on_error=errors.append)
+    editor.watch(negative, on_error=errors.append)
+    positive.AddControlPoint(*world_of(volume, (15, 50, 60)))
+    negative.AddControlPoint(*world_of(volume, (15, 52, 63)))
+    positive.AddControlPoint(*world_of(volume, (45, 50, 60)))  # outside the image: reported, not sent
+    assert [(s["point"], s["positive"]) for s, _ in recorder.sent] == [([15, 50, 60], True), ([15, 52, 63], False)]
+    assert len(errors) == 1 and "outside the volume" in str(errors[0])
+    editor.close()
+    positive.AddControlPoint(*world_of(volume, (14, 50, 60)))
+    assert len(recorder.sent) == 2  # no longer watched
+
+
+def test_watched_box_is_sent_when_a_handle_drag_ends(editing) -> None:  # noqa: ANN001
+    import slicer
+
+    logic, editor, recorder, volume = editing
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    editor.watch_box(roi)
+    roi.SetSize(30.0, 30.0, 12.0)
+    roi.SetCenter(*world_of(volume, (15, 50, 60)))
+    recorder.sent.clear()
+    roi.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # what the view sends after a drag
+    assert [s["kind"] for s, _ in recorder.sent] == ["box"]
+    (k0, j0, i0), (k1, j1, i1) = recorder.sent[0][0]["box"]
+    assert k0 <= 15 <= k1 and j0 <= 50 <= j1 and i0 <= 60 <= i1
