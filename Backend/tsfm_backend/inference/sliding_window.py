@@ -193,30 +193,23 @@ def sliding_window(
     weights = torch.zeros((capacity, *shape[1:]), dtype=torch.float32, device=device)
     importance = gaussian_importance_map(patch, device=device)
     fill = (empty_logits if empty_logits is not None else torch.zeros(num_classes)).to(device, torch.float32)
-    base = 0  # first row not yet handed out; row z lives at buffer row z - base
+    base = 0  # first row not yet handed out; rows base .. base + capacity - 1 live in the ring buffer
+    step_rows = max(1, SLAB_ELEMENTS // (num_classes * shape[1] * shape[2]))
 
     def emit(stop: int) -> None:
         nonlocal base
-        rows = stop - base
-        if rows <= 0:
-            return
-        first = min(rows, capacity)
-        # Averaging makes a float32 copy: hand it out a few rows at a time to bound that copy too.
-        step_rows = max(1, SLAB_ELEMENTS // (num_classes * shape[1] * shape[2]))
-        for start in range(0, first, step_rows):
-            end = min(first, start + step_rows)
-            on_slab(base + start, _average(scores[:, start:end], weights[start:end], fill))
-        # Rows beyond the buffer were skipped by every window (outside the body): they take ``fill``.
-        for start in range(first, rows, capacity):
-            end = min(rows, start + capacity)
-            on_slab(base + start, fill[:, None, None, None].expand(-1, end - start, *shape[1:]).clone())
-        keep = max(0, capacity - rows)
-        if keep:
-            scores[:, :keep] = scores[:, rows : rows + keep].clone()
-            weights[:keep] = weights[rows : rows + keep].clone()
-        scores[:, keep:] = 0
-        weights[keep:] = 0
-        base = stop
+        # Row z lives at buffer row z % capacity (a ring), so handing rows out never moves memory.
+        written_stop = min(stop, base + capacity)
+        for chunk in range(base, written_stop, step_rows):
+            for z0, ring in ring_runs(chunk, min(written_stop, chunk + step_rows), capacity):
+                on_slab(z0, _average(scores[:, ring], weights[ring], fill))
+                scores[:, ring] = 0
+                weights[ring] = 0
+        # Rows past the buffer were skipped by every window (outside the body): they take ``fill``.
+        for chunk in range(written_stop, stop, step_rows):
+            rows = min(stop, chunk + step_rows) - chunk
+            on_slab(chunk, fill[:, None, None, None].expand(-1, rows, *shape[1:]).clone())
+        base = max(base, stop)
 
     for done, batch in enumerate(batches):
         if is_cancelled is not None and is_cancelled():
@@ -225,14 +218,29 @@ def sliding_window(
         tiles = torch.stack(
             [image[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch]
         )
-        logits = predict(tiles)
+        logits = predict(tiles).to(accumulate_dtype)
         for (z, y, x), tile in zip(batch, logits, strict=True):
-            rows = slice(z - base, z - base + patch[0])
-            scores[:, rows, y : y + patch[1], x : x + patch[2]] += (tile * importance).to(accumulate_dtype)
-            weights[rows, y : y + patch[1], x : x + patch[2]] += importance
+            region = (slice(y, y + patch[1]), slice(x, x + patch[2]))
+            for z0, ring in ring_runs(z, z + patch[0], capacity):
+                part = slice(z0 - z, z0 - z + ring.stop - ring.start)
+                # In place: no classes x patch temporaries, which cost page faults at 100+ classes.
+                scores[(slice(None), ring, *region)].addcmul_(tile[:, part], importance[part])
+                weights[(ring, *region)] += importance[part]
         if progress is not None:
             progress((done + 1) / len(batches), f"window batch {done + 1} of {len(batches)}")
     emit(shape[0])
+
+
+def ring_runs(start: int, stop: int, capacity: int) -> list[tuple[int, slice]]:
+    """Rows start .. stop - 1 as (first row, ring-buffer slice) runs that do not wrap around."""
+    runs = []
+    z = start
+    while z < stop:
+        offset = z % capacity
+        length = min(stop - z, capacity - offset)
+        runs.append((z, slice(offset, offset + length)))
+        z += length
+    return runs
 
 
 def _average(scores: torch.Tensor, weights: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
