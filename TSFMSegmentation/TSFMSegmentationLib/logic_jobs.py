@@ -88,7 +88,8 @@ class AutomaticJob:
             raise JobFailed(f"job {self.job_id} {self.status.state}: {self.status.message or 'no result'}")
         labels, names = self.client.job_result(self.job_id)
         node, created = labels_to_segmentation(labels, names, self.volume_node, segmentation_node)
+        checksums = provenance.label_checksums(labels)
         for label, segment_id in created.items():
             provenance.record_model_output(node, segment_id, self.volume_node, self.model, "automatic",
-                                           backend=backend, checksum=provenance.mask_checksum(labels == label))
+                                           backend=backend, checksum=checksums[label])
         return node, created

@@ -21,6 +21,7 @@ from .segments import occupied_extent, read_segment_crop, segment_ids
 TAG = "TSFMSegmentation.Provenance"
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 REVIEW_STATES = (PENDING, ACCEPTED, REJECTED)
+MAX_LABELS_FOR_ONE_PASS = 4096
 
 
 def now_iso() -> str:
@@ -48,6 +49,29 @@ def mask_checksum(mask: np.ndarray, origin_kji: tuple[int, int, int] = (0, 0, 0)
     box = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
     corner = np.array([origin_kji[a] + low[a] for a in range(3)] + list(box.shape), np.int64)
     return hashlib.sha1(corner.tobytes() + np.packbits(box.ravel()).tobytes()).hexdigest()
+
+
+def label_checksums(labels: np.ndarray) -> dict[int, str]:
+    """``mask_checksum(labels == value)`` for every value > 0 present in a label map (K, J, I), in about
+    three passes over the map instead of one per label."""
+    labels = np.asarray(labels)
+    count = int(labels.max(initial=0)) + 1
+    if count > MAX_LABELS_FOR_ONE_PASS:
+        return {int(v): mask_checksum(labels == v) for v in np.unique(labels) if v > 0}
+    # occupied[axis][index, value]: whether ``value`` appears in slice ``index`` along ``axis``.
+    occupied = []
+    for axis in range(3):
+        moved = np.moveaxis(labels, axis, 0)
+        occupied.append(np.stack([np.bincount(moved[index].ravel(), minlength=count) > 0
+                                  for index in range(moved.shape[0])]))
+    checksums = {}
+    for value in np.flatnonzero(occupied[0].any(axis=0)):
+        if value == 0:
+            continue
+        spans = [np.flatnonzero(occupied[axis][:, value]) for axis in range(3)]
+        box = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
+        checksums[int(value)] = mask_checksum(labels[box] == value, tuple(int(span[0]) for span in spans))
+    return checksums
 
 
 def read(segmentation_node, segment_id: str) -> dict[str, Any]:  # noqa: ANN001

@@ -143,3 +143,17 @@ def test_checksum_depends_on_the_voxels_not_on_the_region_read(mini) -> None:  #
     moved = np.roll(whole, 1, axis=2)
     assert mask_checksum(moved) != mask_checksum(whole)
     assert mask_checksum(np.zeros((4, 4, 4))) == mask_checksum(np.zeros((1, 1, 1)))
+
+
+def test_label_checksums_match_one_mask_at_a_time(mini) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.provenance import label_checksums, mask_checksum
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((12, 20, 25), np.uint16)
+    labels[2:7, 3:9, 4:20] = 3
+    labels[5:12, 10:20, 0:5] = 300
+    labels[rng.random(labels.shape) > 0.97] = 7
+    checksums = label_checksums(labels)
+    assert sorted(checksums) == [3, 7, 300]
+    for value, checksum in checksums.items():
+        assert checksum == mask_checksum(labels == value)
