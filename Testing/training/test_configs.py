@@ -87,3 +87,23 @@ def test_cli_reports_problems_by_name(tmp_path, capsys):
     assert printed["loop"]["steps"] == 7 and printed["recipe"] == "supervised"
     assert main(["evaluate", str(tmp_path), str(tmp_path), "--output", str(tmp_path / "o"), "--classes", "x"]) == 2
     assert "--classes item 'x'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_supervised_recipe_holds_out_scores_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    shrink = ["--set", f"output_dir={tmp_path}", "--set", "data.cache=null", "--set", "data.max_cases=2",
+              "--set", "data.validation=[STS_005]", "--set", "loop.steps=2", "--set", "loop.checkpoint_every=0",
+              "--set", "model.architecture.dims=[4, 8, 8, 16, 16, 16]", "--set", "model.spacing=[6.0, 4.0, 4.0]",
+              "--set", "model.patch_size=[16, 32, 32]",
+              "--set", "model.architecture.pool_op_kernel_sizes=[[2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 1, 1]]"]
+    assert main(["run", "sts_finetune", *shrink]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["evaluation"]["cases"] == 1 and 0.0 <= result["evaluation"]["mean_dice"] <= 1.0
+    rows = (tmp_path / "evaluation" / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("STS_005,1,tumour,")
+    card = load_model(result["model"]).card
+    assert card.provenance["validation_cases"] == ["STS_005"] and card.provenance["training_cases"] == 2
+
+    assert main(["run", "sts_finetune", *shrink]) == 0  # a second run resumes at the end and re-exports
+    assert json.loads(capsys.readouterr().out)["train"]["resumed_from"] == 2
