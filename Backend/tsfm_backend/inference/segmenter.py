@@ -139,7 +139,7 @@ class InputGridWriter:
         lower = torch.as_tensor(self.lower[start:end] - self.tail_start, device=device)
         upper = torch.as_tensor(self.upper[start:end] - self.tail_start, device=device)
         weight = torch.as_tensor(self.weight[start:end], device=device)[None, :, None, None]
-        blended = self.tail[:, lower] * (1 - weight) + self.tail[:, upper] * weight
+        blended = torch.lerp(self.tail.index_select(1, lower), self.tail.index_select(1, upper), weight)
         in_plane = F.interpolate(
             blended.transpose(0, 1), size=self.grid.source_shape[1:], mode="bilinear", align_corners=False
         )

@@ -143,13 +143,10 @@ def make_predictor(
         return output.float()
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        total = None
-        for dims in combos:
-            flipped = torch.flip(batch, dims) if dims else batch
-            logits = forward(flipped)
-            logits = torch.flip(logits, dims) if dims else logits
-            total = logits if total is None else total + logits
-        return total / len(combos)
+        total = forward(batch)
+        for dims in combos[1:]:
+            total += torch.flip(forward(torch.flip(batch, dims)), dims)
+        return total.div_(len(combos)) if len(combos) > 1 else total
 
     return predict
 
