@@ -34,8 +34,8 @@ from tsfm_backend.volume import Volume
 
 log = logging.getLogger(__name__)
 
-# Elements of float32 logits interpolated in-plane at once when resampling back (128 MB).
-RESAMPLE_CHUNK_ELEMENTS = 32 * 2**20
+# Elements of float32 logits interpolated in-plane at once when resampling back (64 MB).
+RESAMPLE_CHUNK_ELEMENTS = 16 * 2**20
 UNCOVERED_LOGIT = -1.0e4
 
 

@@ -23,8 +23,8 @@ import torch
 
 Slab = Callable[[int, torch.Tensor], None]
 
-# Float32 elements of averaged logits handed to ``on_slab`` at once (256 MB).
-SLAB_ELEMENTS = 64 * 2**20
+# Float32 elements of averaged logits handed to ``on_slab`` at once (64 MB).
+SLAB_ELEMENTS = 16 * 2**20
 Progress = Callable[[float, str], None]
 
 
