@@ -106,8 +106,11 @@ def test_next_segment_is_a_separate_object_and_reset_is_undoable(editing) -> Non
 
 
 def test_lost_session_is_reopened_and_reseeded(editing) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.segments import apply_crop
+
     logic, editor, recorder, volume = editing
     logic.addPoint(world_of(volume, (15, 50, 60)))
+    apply_crop(editor.segmentation_node, editor.segment_id, volume, (10, 40, 50), np.ones((3, 3, 3), np.uint8))
     old_session = editor.session_id
     recorder._client.close_session(old_session)  # as if the server had restarted or expired it
     logic.addPoint(world_of(volume, (14, 48, 58)))
