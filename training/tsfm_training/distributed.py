@@ -89,9 +89,14 @@ def _checkpointed(forward, *args, **kwargs):
     return forward(*args, **kwargs)
 
 
-def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp",
-         activation_checkpointing: bool = False) -> nn.Module:
-    """The network on this rank's device, wrapped for ``strategy`` (a no-op for one process)."""
+def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp", activation_checkpointing: bool = False,
+         find_unused_parameters: bool = True) -> nn.Module:
+    """The network on this rank's device, wrapped for ``strategy`` (a no-op for one process).
+
+    ``find_unused_parameters``: DDP must be told when some parameters get no gradient in a step: the
+    zero-weighted lowest deep-supervision head, PCT-Net's branches for other resolution modes. Turn it
+    off for networks that use every parameter in every step (a little faster).
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed strategy {strategy!r} is not one of {STRATEGIES}")
     if activation_checkpointing:
@@ -102,7 +107,8 @@ def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp",
     network.to(device)
     if strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(network, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(network, device_ids=ids,
+                                                   find_unused_parameters=find_unused_parameters)
     from torch.distributed.fsdp import fully_shard
 
     # Shard each stage separately, then the rest, so only one stage's full parameters exist at a time.

@@ -13,7 +13,8 @@ Config sections:
   plus the loss's settings.
 - ``loop``: ``LoopConfig`` fields (``output_dir`` is set from the top level).
 - ``evaluate``: ``tolerance_mm``, ``step`` (sliding-window overlap), or ``false`` to skip.
-- ``distributed`` (under torchrun): ``strategy`` ddp | fsdp | none, ``activation_checkpointing``.
+- ``distributed`` (under torchrun): ``strategy`` ddp | fsdp | none, ``activation_checkpointing``,
+  ``find_unused_parameters``.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     network = training_network(card, deep_supervision=bool(objective.get("deep_supervision", True)))
     _, init_report = initialise(network, card, section(config, "init", required=False))
     network = distributed.wrap(network, info, parallel.get("strategy", "ddp"),
-                               bool(parallel.get("activation_checkpointing", False)))
+                               bool(parallel.get("activation_checkpointing", False)),
+                               bool(parallel.get("find_unused_parameters", True)))
     # fit optimises what requires_grad after the fine-tuning mode (FSDP replaces the parameter objects).
     result = fit(network, batches, build_loss(objective, card), loop)
     if not info.is_main:

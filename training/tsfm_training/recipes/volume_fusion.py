@@ -67,7 +67,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     network = training_network(card, deep_supervision=deep_supervision)
     network = distributed.wrap(network, info, parallel.get("strategy", "ddp"),
-                               bool(parallel.get("activation_checkpointing", False)))
+                               bool(parallel.get("activation_checkpointing", False)),
+                               bool(parallel.get("find_unused_parameters", True)))
     result = fit(network, batches, supervised_loss_fn(volume_fusion_criterion()), loop)
     if not info.is_main:
         distributed.cleanup()
