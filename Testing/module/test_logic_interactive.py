@@ -77,9 +77,11 @@ def test_each_click_writes_the_answer_crop_in_place_and_undoes(editing) -> None:
     assert logic.redo()
     np.testing.assert_array_equal(segment_voxels(editor), states[2])
 
-    # After undo the server is re-seeded with the segment's voxels before the next click.
+    # After undo the server is re-seeded with the segment's voxels before the next click (when the
+    # undone voxels differ from the server's last answer, which holds for any non-trivial click).
     logic.addPoint(world_of(volume, (16, 55, 58)), positive=True)
-    assert [seeded for _, seeded in recorder.sent[-2:]] == [True, False]
+    reseeded = not np.array_equal(states[2], states[3])
+    assert [seeded for _, seeded in recorder.sent[-2:]] == ([True, False] if reseeded else [False, False])
 
 
 def test_next_segment_is_a_separate_object_and_reset_is_undoable(editing) -> None:  # noqa: ANN001
