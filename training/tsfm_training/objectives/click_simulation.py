@@ -7,7 +7,11 @@ Two situations are drawn, as in iterative interactive training (DeepEdit, nnInte
   or next to the clicks;
 - **correction**: a previous mask that is the reference damaged in a plausible way (grown, shrunk,
   shifted, cut by a plane, with a spurious blob), the initial positive click, and one to four
-  correction clicks placed in error regions (missed -> positive, extra -> negative).
+  correction clicks placed in error regions (missed -> positive, extra -> negative);
+- **iterative** (drawn per sample with ``iterative_probability``): a first interaction whose further
+  rounds are played by the network itself during training. ``error_click`` places each next click in
+  the largest error region of the network's own prediction, which then becomes the previous mask, so
+  the network learns to correct its own mistakes (a negative click must shrink what it over-segmented).
 
 Everything is numpy on the (K, J, I) grid of the training crop, drawn from the ``rng`` passed in, so a
 run is reproducible from its seed. Coordinates are voxel indices (k, j, i).
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-from tsfm_backend.inference.click_policy import interior_distance
+from tsfm_backend.inference.click_policy import interior_distance, largest_error_region
 
 
 @dataclass
@@ -33,6 +37,8 @@ class SimulationConfig:
     max_correction_clicks: int = 4
     max_corruption_voxels: int = 3
     box_jitter_voxels: int = 2
+    iterative_probability: float = 0.0
+    max_iterations: int = 3
 
 
 @dataclass
@@ -117,6 +123,29 @@ def correction_clicks(
         point = random_interior_click(region, spacing, rng, deepest=bool(rng.random() < 0.5))
         (positive if target[point] else negative).append(point)
     return positive, negative
+
+
+def error_click(
+    prediction: np.ndarray, target: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator,
+) -> tuple[tuple[int, int, int], bool] | None:
+    """A click in the largest error region of ``prediction`` (the evaluation policy, randomised).
+
+    Returns ((k, j, i), positive): positive where the region was missed, negative where it is extra;
+    the voxel is the region's deepest one half of the time, else a random voxel well inside it.
+    None when the prediction equals the target.
+    """
+    found = largest_error_region(prediction, target)
+    if found is None:
+        return None
+    region, missed = found
+    return random_interior_click(region, spacing, rng, deepest=bool(rng.random() < 0.5)), missed
+
+
+def simulation_rounds(rng: np.random.Generator, config: SimulationConfig) -> int:
+    """How many rounds the network plays itself before the trained one: 0, or 1 to ``max_iterations``."""
+    if config.max_iterations < 1 or rng.random() >= config.iterative_probability:
+        return 0
+    return int(rng.integers(1, config.max_iterations + 1))
 
 
 def simulate_prompts(

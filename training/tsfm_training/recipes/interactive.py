@@ -3,8 +3,11 @@
 Data: cases ``<root>/<CASE>/{ct.nii.gz, mask.nii.gz}`` (the soft-tissue sarcoma set), resampled once to
 the model spacing and normalised as the card says. A fixed list of cases is held out for validation.
 Each training sample is a crop around a random tumour voxel (jittered so the tumour is often cut by the
-crop border) with simulated prompts (``objectives.click_simulation``); the loss is BCE + soft Dice on
-the single sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into the backend's
+crop border) with simulated prompts (``objectives.click_simulation``). For a share of the samples the
+network first plays one to three rounds itself (without gradient): its prediction becomes the previous
+mask and the next click goes into its largest error region, as in iterative DeepEdit / nnInteractive
+training; the gradient step is taken on the last round. The loss is BCE + soft Dice on the single
+sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into the backend's
 model format, then evaluated on the held-out cases with the same deterministic click protocol as the
 benchmark, and the metrics are written into the card.
 
@@ -19,7 +22,7 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,12 @@ from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize, resample_linear
 
 from tsfm_training.loop import LoopConfig, fit
-from tsfm_training.objectives.click_simulation import SimulationConfig, simulate_prompts
+from tsfm_training.objectives.click_simulation import (
+    SimulationConfig,
+    error_click,
+    simulate_prompts,
+    simulation_rounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +101,11 @@ def crop_with_padding(array: np.ndarray, start: np.ndarray, size: tuple[int, int
 
 
 class ClickBatches:
-    """Endless batches ``{"image": (B, 1+4, Z, Y, X), "label": (B, 1, Z, Y, X)}`` with simulated prompts.
+    """Endless batches ``{"image": (B, 1+4, Z, Y, X), "label": (B, 1, Z, Y, X), "rounds": (B,)}``.
+
+    ``image`` holds the crop and its simulated prompts; ``rounds`` says how many rounds the network plays
+    itself on that sample before the trained one (``SelfCorrectingLoss``); such samples start as a first
+    interaction.
 
     The crop size (and its batch size) is drawn per batch from ``crop_sizes``, so the network sees both
     the small crops of fast training and the full interactive crop. Its random state is saved with the
@@ -121,8 +133,8 @@ class ClickBatches:
     def __iter__(self) -> ClickBatches:
         return self
 
-    def sample(self, size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One (5, *size) input and its (1, *size) target."""
+    def sample(self, size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One (5, *size) input, its (1, *size) target and its number of self-played rounds."""
         index = int(self.rng.integers(len(self.cases)))
         case, voxels = self.cases[index], self.tumour_voxels[index]
         centre = voxels[self.rng.integers(len(voxels))]
@@ -134,7 +146,9 @@ class ClickBatches:
             if self.rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
         image = image * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
-        prompts = simulate_prompts(np.ascontiguousarray(target), self.spacing, self.rng, self.simulation)
+        rounds = simulation_rounds(self.rng, self.simulation)
+        simulation = replace(self.simulation, correction_probability=0.0) if rounds else self.simulation
+        prompts = simulate_prompts(np.ascontiguousarray(target), self.spacing, self.rng, simulation)
         channels = encode_prompts(
             size, self.spacing, self.click_radius_mm,
             positive=torch.from_numpy(prompts.positive).float(),
@@ -143,13 +157,61 @@ class ClickBatches:
             previous=torch.from_numpy(prompts.previous).float(),
         )
         inputs = torch.cat([torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], channels])
-        return inputs, torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+        return inputs, torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None], rounds
 
     def __next__(self) -> dict[str, torch.Tensor]:
         choice = int(self.rng.integers(len(self.crop_sizes)))
         size = tuple(int(s) for s in self.crop_sizes[choice])
-        pairs = [self.sample(size) for _ in range(int(self.batch_sizes[choice]))]
-        return {"image": torch.stack([p[0] for p in pairs]), "label": torch.stack([p[1] for p in pairs])}
+        samples = [self.sample(size) for _ in range(int(self.batch_sizes[choice]))]
+        return {"image": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples]),
+                "rounds": torch.tensor([s[2] for s in samples], dtype=torch.long)}
+
+
+def self_play(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, rounds: torch.Tensor,
+              spacing: tuple[float, float, float], click_radius_mm: float,
+              rng: np.random.Generator) -> torch.Tensor:
+    """The inputs after the network's own rounds: (B, 1+4, Z, Y, X), a new tensor.
+
+    For each sample with ``rounds[b] = r > 0`` the network predicts r times without gradient; after each
+    prediction the next click goes into its largest error region (positive where it missed, negative
+    where it over-segmented) and the prediction becomes the previous-mask channel. Samples whose
+    prediction is already perfect keep their last inputs.
+    """
+    image = image.clone()
+    channels = {"positive": -4, "negative": -3, "previous": -1}
+    shape = tuple(int(n) for n in image.shape[2:])
+    for current in range(int(rounds.max()) if rounds.numel() else 0):
+        active = torch.nonzero(rounds > current).flatten()
+        with torch.no_grad():
+            predicted = (model(image[active]).float()[:, 0] > 0).cpu().numpy()
+        for row, index in enumerate(active.tolist()):
+            target = label[index, 0].cpu().numpy() > 0.5
+            click = error_click(predicted[row], target, spacing, rng)
+            if click is None:
+                continue
+            point, positive = click
+            ball = encode_prompts(shape, spacing, click_radius_mm,
+                                  positive=torch.tensor([point], dtype=torch.float32))[0].to(image.device)
+            channel = channels["positive" if positive else "negative"]
+            image[index, channel] = torch.maximum(image[index, channel], ball)
+            image[index, channels["previous"]] = torch.from_numpy(predicted[row]).to(image)
+    return image
+
+
+class SelfCorrectingLoss:
+    """``loss_fn`` for ``fit``: plays the batch's self-rounds (``self_play``), then BCE + soft Dice."""
+
+    def __init__(self, spacing: tuple[float, float, float], click_radius_mm: float, seed: int) -> None:
+        self.spacing = spacing
+        self.click_radius_mm = click_radius_mm
+        self.rng = np.random.default_rng(seed + 1)
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rounds = batch.get("rounds")
+        if rounds is not None and bool((rounds > 0).any()):
+            batch = dict(batch, image=self_play(model, batch["image"], batch["label"], rounds, self.spacing,
+                                                self.click_radius_mm, self.rng))
+        return bce_dice_loss(model, batch)
 
 
 def bce_dice_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -208,13 +270,15 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     card = build_card(config, train, validation, root)
     network = build_network(card)
+    click_radius_mm = float(card.architecture.get("click_radius_mm", 5.0))
+    seed = int(config["loop"].get("seed", 0))
     batches = ClickBatches(
-        cases, spacing, float(card.architecture.get("click_radius_mm", 5.0)),
+        cases, spacing, click_radius_mm,
         [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
-        SimulationConfig(**config.get("simulation", {})), seed=int(config["loop"].get("seed", 0)),
+        SimulationConfig(**config.get("simulation", {})), seed=seed,
     )
     loop = LoopConfig.from_dict(dict(config["loop"]))
-    summary = fit(network, batches, bce_dice_loss, loop)
+    summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
     network = network.cpu().eval()
 
     export_dir = Path(config["export"]["directory"])
