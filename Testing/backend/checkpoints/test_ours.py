@@ -7,9 +7,16 @@ import json
 import pytest
 import torch
 from support.tiny_models import save_tiny_model, tiny_card
+from tsfm_backend import store
 from tsfm_backend.checkpoints import CheckpointError, LoadedModel, UnknownModelError, load_model, save_model
 from tsfm_backend.models import UnknownFamilyError, build_network
 from tsfm_backend.store import installed_models, resolve_model, tsfm_home
+
+
+@pytest.fixture
+def no_bundled_models(tmp_path, monkeypatch):
+    """The store alone: the package's bundled models are moved out of sight."""
+    monkeypatch.setattr(store, "BUNDLED_MODELS", tmp_path / "no-bundled-models")
 
 
 def test_save_then_load_gives_the_same_network(tmp_path):
@@ -28,7 +35,7 @@ def test_save_then_load_gives_the_same_network(tmp_path):
         assert loaded.network(x).shape == (1, 3, 32, 32, 32)
 
 
-def test_load_by_id_from_the_store(isolated_model_store):
+def test_load_by_id_from_the_store(isolated_model_store, no_bundled_models):
     assert tsfm_home() == isolated_model_store
     save_tiny_model(isolated_model_store / "models" / "tiny-stunet")
     save_tiny_model(isolated_model_store / "models" / "other", model_id="other", classes={1: "a", 3: "c"})
@@ -38,7 +45,19 @@ def test_load_by_id_from_the_store(isolated_model_store):
     assert loaded.card.num_classes == 4
 
 
-def test_unknown_id_names_the_store_and_the_available_models(isolated_model_store):
+def test_bundled_models_are_listed_and_a_store_model_of_the_same_id_shadows_them(isolated_model_store, tmp_path,
+                                                                                monkeypatch):
+    bundled = tmp_path / "bundled"
+    save_tiny_model(bundled / "shipped", model_id="shipped", classes={1: "a"})
+    monkeypatch.setattr(store, "BUNDLED_MODELS", bundled)
+    assert [card.id for card in installed_models()] == ["shipped"]
+    assert resolve_model("shipped") == bundled / "shipped"
+    save_tiny_model(isolated_model_store / "models" / "shipped", model_id="shipped", classes={1: "a", 2: "b"})
+    assert resolve_model("shipped") == isolated_model_store / "models" / "shipped"
+    assert [card.num_classes for card in installed_models()] == [3]
+
+
+def test_unknown_id_names_the_store_and_the_available_models(isolated_model_store, no_bundled_models):
     save_tiny_model(isolated_model_store / "models" / "tiny-stunet")
     with pytest.raises(UnknownModelError, match="'nope'.*available: tiny-stunet"):
         load_model("nope")
@@ -79,7 +98,7 @@ def test_corrupt_weights_and_bad_cards_are_specific_errors(tmp_path):
         load_model(tmp_path / "notes.txt")
 
 
-def test_loading_onto_a_device_and_the_empty_store(tmp_path):
+def test_loading_onto_a_device_and_the_empty_store(tmp_path, no_bundled_models):
     assert installed_models() == []
     loaded = load_model(save_tiny_model(tmp_path / "m"), device="cpu")
     assert next(loaded.network.parameters()).device.type == "cpu"
