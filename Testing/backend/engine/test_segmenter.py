@@ -174,3 +174,11 @@ def test_real_tiny_stunet_on_real_ct_with_postprocessing(tmp_path, shared_data):
     assert plain.labels.shape == volume.shape
     assert set(np.unique(cleaned.labels)) <= set(np.unique(plain.labels)) <= {0, 1, 2}
     assert np.all((cleaned.labels == plain.labels) | (cleaned.labels == 0)), "clean-up only removes voxels"
+
+
+def test_autocast_choice():
+    from tsfm_backend.inference.segmenter import amp_dtype, cpu_has_native_bf16
+
+    assert amp_dtype(torch.device("cpu"), False) is None
+    assert amp_dtype(torch.device("cpu"), True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert amp_dtype(torch.device("meta"), True) is None
