@@ -1,4 +1,4 @@
-"""The ``interactive`` recipe end to end on real sarcoma CT: train a few steps, export, evaluate, reload."""
+"""The ``interactive`` recipe: end to end on real sarcoma CT (train, export, evaluate, reload), and self-play."""
 
 from __future__ import annotations
 
@@ -33,3 +33,57 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
     assert len(card.provenance["commit"]) in (40, len("unknown"))
     assert torch.equal(loaded.network.state_dict()["seg_outputs.4.weight"],
                        dict(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"])["seg_outputs.4.weight"])
+
+
+class OverSegmenter(torch.nn.Module):
+    """Predicts the whole first half of the crop along i, whatever the prompts; records grad mode per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.grad_enabled: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_enabled.append(torch.is_grad_enabled())
+        half = torch.zeros_like(x[:, :1])
+        half[..., : x.shape[-1] // 2] = 1.0
+        return 20.0 * (half - 0.5) + self.bias
+
+
+def test_self_play_feeds_back_the_prediction_and_clicks_its_error():
+    shape = (8, 16, 16)
+    label = torch.zeros(3, 1, *shape)
+    label[:, :, 2:6, 4:12, 2:6] = 1.0  # the object lies inside the predicted half: the error is extra
+    image = torch.zeros(3, 5, *shape)
+    image[:, 1, 4, 8, 4] = 1.0  # a first positive click
+    model = OverSegmenter()
+    rounds = torch.tensor([1, 0, 2])
+    played = interactive.self_play(model, image, label, rounds, (3.0, 2.0, 2.0), 4.0, np.random.default_rng(0))
+    assert model.grad_enabled == [False, False]  # two rounds for sample 2, one for sample 0, no gradient
+    predicted = torch.zeros(shape)
+    predicted[..., :8] = 1.0
+    assert torch.equal(played[1], image[1])  # no rounds: untouched
+    for index in (0, 2):
+        assert torch.equal(played[index, 4], predicted)  # the prediction became the previous mask
+        negative = played[index, 2].bool()
+        assert negative.any() and not (negative & label[index, 0].bool()).any()  # clicked in the extra part
+        assert torch.equal(played[index, 1], image[index, 1])  # no positive click was added
+    assert int(played[2, 2].sum()) >= int(played[0, 2].sum())
+    assert torch.equal(image[0, 4], torch.zeros(shape))  # the input batch itself is not modified
+
+    loss = interactive.SelfCorrectingLoss((3.0, 2.0, 2.0), 4.0, seed=0)(
+        model, {"image": image, "label": label, "rounds": rounds})
+    loss.backward()
+    assert model.grad_enabled[-1] and model.bias.grad is not None
+
+
+def test_iterative_samples_start_as_first_interactions(shared_data):
+    spacing = (3.0, 2.0, 2.0)
+    case = interactive.load_case(shared_data / "sts" / "STS_002", spacing,
+                                 {"scheme": "hu_window", "lower": -250.0, "upper": 350.0})
+    simulation = interactive.SimulationConfig(iterative_probability=1.0, correction_probability=1.0)
+    batches = interactive.ClickBatches([case], spacing, 5.0, [(16, 32, 32)], [4], simulation, seed=0)
+    batch = next(batches)
+    assert batch["image"].shape == (4, 5, 16, 32, 32) and batch["label"].shape == (4, 1, 16, 32, 32)
+    assert ((batch["rounds"] >= 1) & (batch["rounds"] <= 3)).all()
+    assert batch["image"][:, 4].sum() == 0 and batch["image"][:, 2].sum() == 0  # no previous mask, no negatives

@@ -1,4 +1,4 @@
-"""Training's simulated prompts: reproducible, and each click lands where its sign says."""
+"""Training's simulated prompts: reproducible, each click lands where its sign says, rounds as configured."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
     corrupt_mask,
+    error_click,
     simulate_prompts,
+    simulation_rounds,
 )
 
 
@@ -57,3 +59,29 @@ def test_only_boxes_and_corrections_when_configured():
     assert prompts.notes[0].startswith("correction")
     with pytest.raises(ValueError, match="contains the object"):
         simulate_prompts(np.zeros((4, 4, 4), bool), (1.0, 1.0, 1.0), np.random.default_rng(1))
+
+
+def test_error_click_goes_into_the_largest_error_with_its_sign():
+    reference = target()
+    rng = np.random.default_rng(3)
+    missed = reference.copy()
+    missed[:, :, :20] = False  # half of the object missed
+    missed[2:4, 2:4, 2:4] = True  # and a small extra blob
+    for _ in range(5):
+        point, positive = error_click(missed, reference, (3.0, 2.0, 2.0), rng)
+        assert positive and reference[point] and not missed[point] and point[2] < 20
+    extra = reference.copy()
+    extra[:, :, 30:] = True  # a large over-segmentation
+    for _ in range(5):
+        point, positive = error_click(extra, reference, (3.0, 2.0, 2.0), rng)
+        assert not positive and extra[point] and not reference[point]
+    assert error_click(reference, reference, (3.0, 2.0, 2.0), rng) is None
+
+
+def test_rounds_follow_the_iterative_probability():
+    rng = np.random.default_rng(0)
+    assert {simulation_rounds(rng, SimulationConfig()) for _ in range(50)} == {0}
+    drawn = [simulation_rounds(rng, SimulationConfig(iterative_probability=1.0, max_iterations=3)) for _ in range(200)]
+    assert set(drawn) == {1, 2, 3}
+    half = [simulation_rounds(rng, SimulationConfig(iterative_probability=0.5)) for _ in range(400)]
+    assert 0.35 < np.mean(np.array(half) > 0) < 0.65
