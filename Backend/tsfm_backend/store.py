@@ -56,6 +56,11 @@ def installed_models() -> list[ModelCard]:
     return sorted(cards, key=lambda card: card.id)
 
 
+def is_bundled(model_id: str) -> bool:
+    """True when the id resolves to a model shipped with the package (no store model shadows it)."""
+    return not ours.detect(models_dir() / model_id) and ours.detect(BUNDLED_MODELS / model_id)
+
+
 def resolve_model(id_or_path: str | os.PathLike) -> Path:
     """The folder (or official file) for a model id or an existing path.
 

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tsfm_backend.catalog import load_catalog
-    from tsfm_backend.store import installed_models, models_dir
+    from tsfm_backend.store import installed_models, is_bundled, models_dir
 
     installed = installed_models()
     catalog = load_catalog()
@@ -28,12 +28,14 @@ def run(args: argparse.Namespace) -> int:
             ],
         }, indent=2))
         return 0
-    print(f"Installed ({models_dir()}):")
+    print(f"Installed (store {models_dir()}, then bundled with the package):")
     if not installed:
         print("  none yet: `tsfm-backend fetch ID` or `tsfm-backend import FILE`")
     for card in installed:
         patch = "x".join(str(p) for p in card.patch_size)
-        print(f"  {card.id:<32} {card.family:<8} {card.kind:<10} {len(card.classes):>3} classes  patch {patch}")
+        where = "bundled" if is_bundled(card.id) else "store"
+        print(f"  {card.id:<32} {card.family:<10} {card.kind:<10} {len(card.classes):>3} classes  "
+              f"patch {patch:<11} {where}")
     installed_ids = {card.id for card in installed}
     print("\nCatalog:")
     for entry in catalog:

@@ -141,7 +141,9 @@ def test_fetch_downloads_checks_and_installs(server, tmp_path, shared_data, monk
     loaded = load_model("stunet-test")
     assert loaded.card.license == "Apache-2.0" and loaded.card.provenance["catalog_id"] == "stunet-test"
     assert main(["models"]) == 0
-    assert "stunet-test" in capsys.readouterr().out.split("Catalog:")[0]
+    installed = capsys.readouterr().out.split("Catalog:")[0]
+    assert [line.split()[0] + " " + line.split()[-1] for line in installed.splitlines()[1:] if line.strip()] == [
+        "sts-click-small bundled", "stunet-test store"]
     assert main(["fetch", "stunet-test"]) == 2
     assert "already installed" in capsys.readouterr().err
 
