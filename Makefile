@@ -32,9 +32,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The figures in README.md: engine vs MONAI and nnU-Net, interactive protocol, HTTP overhead.
 bench: $(STAMP)
-	$(PY) Testing/bench/bench_predict.py
-	$(PY) Testing/bench/bench_interactive.py
+	$(PY) Testing/bench/bench_predict.py --preset S --patch 96 --classes 4 --spacing 2.0 --threads 1
+	$(PY) Testing/bench/bench_interactive.py --threads 2
+	$(PY) Testing/bench/bench_server.py --size 128 --repeats 10 --warmup 2
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
