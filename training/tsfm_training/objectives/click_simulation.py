@@ -143,7 +143,10 @@ def error_click(
 
 def simulation_rounds(rng: np.random.Generator, config: SimulationConfig) -> int:
     """How many rounds the network plays itself before the trained one: 0, or 1 to ``max_iterations``."""
-    if config.max_iterations < 1 or rng.random() >= config.iterative_probability:
+    # Without self-play no number is drawn, so such configs see the same samples as before it existed.
+    if config.iterative_probability <= 0 or config.max_iterations < 1:
+        return 0
+    if rng.random() >= config.iterative_probability:
         return 0
     return int(rng.integers(1, config.max_iterations + 1))
 
