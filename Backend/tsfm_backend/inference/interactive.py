@@ -7,8 +7,7 @@ image grid, its prompts and an undo/redo history. An interaction:
 2. places a region of interest (ROI) around the object: ``card.patch_size`` voxels at the model spacing,
    centred on the first prompt, moved when a prompt falls outside it, grown when the predicted mask
    touches an inner border of the ROI (at most ``MAX_GROWTH`` times, each time covering the mask plus
-   a margin); its model grid is always one of a few fixed shapes (``roi.GRID_STEPS``), padded where
-   it overhangs the image, so the network's per-shape setup is paid once per shape, not per click;
+   a margin);
 3. runs the click-conditioned network on the ROI resampled to the model grid (image, positive and
    negative click balls, box map, previous mask) and writes the thresholded result back into the ROI;
 4. returns a ``MaskUpdate`` holding only the bounding box of the voxels that changed.
@@ -141,7 +140,6 @@ class InteractiveSession:
             self.divisor: Voxel = (1, 1, 1)
         else:
             self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
-        self.grid_steps = roi_geometry.grid_steps(tuple(card.patch_size), self.divisor)  # type: ignore[arg-type]
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
 
     # ----------------------------------------------------------------------------------- public API
@@ -256,14 +254,12 @@ class InteractiveSession:
     def _fit(self, size: Voxel) -> tuple[Voxel, Voxel]:
         """(ROI size in image voxels, model grid) for a wanted ROI ``size``.
 
-        The grid is rounded up to the next of a few fixed steps (``roi.GRID_STEPS`` times
-        ``card.patch_size``, multiples of the network's divisor) and the ROI follows the grid, so the
-        network always sees its own spacing and only a few input shapes.
+        The grid is rounded up to the network's divisor and the ROI follows the grid, so the network
+        always sees its own spacing.
         """
         # A wanted size a hair above a multiple of the divisor (rounding) does not take the next multiple.
         grid = tuple(max(d, int(math.ceil(n * s / m / d - 0.05)) * d) for n, s, m, d in zip(
             size, self.image_spacing, self.model_spacing, self.divisor, strict=True))
-        grid = roi_geometry.snap_grid(grid, self.grid_steps)
         fitted = tuple(max(1, round(g * m / s)) for g, m, s in zip(
             grid, self.model_spacing, self.image_spacing, strict=True))
         return fitted, grid  # type: ignore[return-value]

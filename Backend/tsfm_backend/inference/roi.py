@@ -26,10 +26,6 @@ EDGE_FRACTION = 0.1
 GROW_MARGIN_FRACTION = 0.25
 # The ROI never grows beyond this many base sizes along an axis, which bounds the time per click.
 MAX_SIZE_FACTOR = 2
-# Model grids come in these multiples of the base grid only (per axis, rounded up to the network's
-# divisor): on a CPU the first convolution on a new input shape costs about a second of one-off setup,
-# so a session whose ROIs take a few fixed shapes pays it a few times, not at every click.
-GRID_STEPS = (1.0, 1.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -53,15 +49,14 @@ def _covering(low: np.ndarray, high: np.ndarray, minimum: Voxel, base: Voxel, sh
               fit: Fit) -> Roi:
     """The ROI centred on [low, high] (inclusive) plus a margin, at least ``minimum`` in size.
 
-    It never exceeds ``MAX_SIZE_FACTOR`` base sizes (before ``fit`` rounds it to a grid step). It is
-    shifted to stay inside the image along every axis the image is longer than the ROI; along the
-    others it overhangs the image (padding) rather than being clipped, so its shape stays a grid step.
+    It never exceeds ``MAX_SIZE_FACTOR`` base sizes, nor the image where the image is larger than the
+    base, and it is shifted to stay inside the image along every axis the image is longer than the ROI.
     """
     margin = np.asarray([int(n * GROW_MARGIN_FRACTION) for n in base])
     extent = high - low + 1 + 2 * margin
     size = []
-    for e, lower, b in zip(extent, minimum, base, strict=True):
-        size.append(int(min(max(e, lower), b * MAX_SIZE_FACTOR)))
+    for e, lower, b, n in zip(extent, minimum, base, shape, strict=True):
+        size.append(int(min(max(e, lower), b * MAX_SIZE_FACTOR, max(b, n))))
     centre = (low + high) / 2.0
     size, grid = fit(tuple(size))  # type: ignore[arg-type]
     start = []
@@ -69,21 +64,6 @@ def _covering(low: np.ndarray, high: np.ndarray, minimum: Voxel, base: Voxel, sh
         first = int(round(c - (n - 1) / 2.0))
         start.append(min(max(first, 0), limit - n) if n <= limit else min(max(first, limit - n), 0))
     return Roi(tuple(start), size, grid)  # type: ignore[arg-type]
-
-
-def grid_steps(base_grid: Voxel, divisor: Voxel) -> list[tuple[int, ...]]:
-    """Per axis, the model grid sizes an ROI may take: ``GRID_STEPS`` times the base, divisor multiples."""
-    steps = []
-    for g, d in zip(base_grid, divisor, strict=True):
-        base = max(d, -(-int(g) // d) * d)
-        steps.append(tuple(sorted({max(d, int(np.ceil(f * base / d - 1e-9)) * d) for f in GRID_STEPS})))
-    return steps
-
-
-def snap_grid(grid: Voxel, steps: Sequence[tuple[int, ...]]) -> Voxel:
-    """``grid`` (K, J, I) rounded up per axis to the next allowed step (the largest step caps it)."""
-    return tuple(next((s for s in allowed if s >= g), allowed[-1])  # type: ignore[return-value]
-                 for g, allowed in zip(grid, steps, strict=True))
 
 
 def well_inside(point: Sequence[int], roi: Roi) -> bool:
