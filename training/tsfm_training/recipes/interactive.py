@@ -3,10 +3,11 @@
 Data: cases ``<root>/<CASE>/{ct.nii.gz, mask.nii.gz}`` (the soft-tissue sarcoma set), resampled once to
 the model spacing and normalised as the card says. A fixed list of cases is held out for validation.
 Each training sample is a crop around a random tumour voxel (jittered so the tumour is often cut by the
-crop border) with simulated prompts (``objectives.click_simulation``). For a share of the samples the
-network first plays one to three rounds itself (without gradient): its prediction becomes the previous
-mask and the next click goes into its largest error region, as in iterative DeepEdit / nnInteractive
-training; the gradient step is taken on the last round. The loss is BCE + soft Dice on the single
+crop border) with simulated prompts (``objectives.click_simulation``). With
+``simulation.iterative_probability`` > 0, that share of the samples first lets the network play one to
+three rounds itself (without gradient): its prediction becomes the previous mask and the next click goes
+into its largest error region, as in iterative DeepEdit / nnInteractive training; the gradient step is
+taken on the last round. The loss is BCE + soft Dice on the single
 sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into the backend's
 model format, then evaluated on the held-out cases with the same deterministic click protocol as the
 benchmark, and the metrics are written into the card.
