@@ -164,3 +164,19 @@ def test_patch_batches_oversample_foreground_and_replay_by_step(shared_data):
     assert not torch.equal(first[0]["image"], first[1]["image"])
     with pytest.raises(ValueError, match="seed 9"):
         replay.load_state_dict({"step": 0, "seed": 9})
+
+
+def test_training_cases_leave_out_the_validation_ids_and_say_when_none_remain(tmp_path, shared_data):
+    from tsfm_training.config import ConfigError
+    from tsfm_training.data.preprocess import prepare_training_cases
+
+    sts = {"root": str(shared_data / "sts"), "format": "folders", "name": "sts", "image": "ct.nii.gz",
+           "label": "mask.nii.gz", "classes": {1: "tumour"}}
+    settings = Preprocessing(spacing=(13.08, 7.8, 7.8), axis_order="kji", normalization={"scheme": "zscore"})
+    data = {"datasets": [sts], "validation": ["STS_001"], "max_cases": 2}
+    prepared = prepare_training_cases(data, settings, tmp_path / "cache")
+    assert [p.case_id for p in prepared] == ["STS_002", "STS_004"]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    everything = [p.name for p in (shared_data / "sts").iterdir() if p.is_dir()]
+    with pytest.raises(ConfigError, match="no training case once 'data.validation' is left out"):
+        prepare_training_cases({"datasets": [sts], "validation": everything}, settings, tmp_path / "cache")

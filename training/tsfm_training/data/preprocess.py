@@ -131,6 +131,27 @@ class CaseCache:
         return prepared
 
 
+def prepare_training_cases(data: dict[str, Any], preprocessing: Preprocessing,
+                           default_cache: Path) -> list[PreparedCase]:
+    """The cases of a config's ``data`` section, minus its ``validation`` ids, preprocessed (cached).
+
+    ``data`` keys: ``datasets`` (dataset configs), ``validation`` (case ids held out), ``max_cases``
+    (a cap on the whole list) and ``cache`` (folder; ``default_cache`` when absent).
+    """
+    from tsfm_training.config import ConfigError
+    from tsfm_training.data.datasets import dataset_from_config
+
+    held_out = set(data.get("validation", []))
+    cases = [c for entry in data.get("datasets", []) for c in dataset_from_config(entry).cases
+             if c.case_id not in held_out]
+    if data.get("max_cases"):
+        cases = cases[: int(data["max_cases"])]
+    if not cases:
+        raise ConfigError("config 'data.datasets' gives no training case once 'data.validation' is left out")
+    cache = CaseCache(data.get("cache", default_cache))
+    return [cache.get(case, preprocessing) for case in cases]
+
+
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     np.save(tmp, array, allow_pickle=False)

@@ -24,8 +24,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from tsfm_training import distributed
-    from tsfm_training.data.datasets import dataset_from_config
-    from tsfm_training.data.preprocess import CaseCache, Preprocessing
+    from tsfm_training.data.preprocess import Preprocessing, prepare_training_cases
     from tsfm_training.data.sampler import PatchBatches, volume_fusion_sample_fn
     from tsfm_training.export import export_model
     from tsfm_training.loop import LoopConfig, fit
@@ -47,16 +46,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
                           f"{card.num_classes} outputs")
 
     data = section(config, "data")
-    held_out = set(data.get("validation", []))
-    cases = [c for entry in data.get("datasets", []) for c in dataset_from_config(entry).cases
-             if c.case_id not in held_out]
-    if data.get("max_cases"):
-        cases = cases[: int(data["max_cases"])]
-    if not cases:
-        raise ConfigError("config 'data.datasets' gives no case for pretraining")
-    cache = CaseCache(data.get("cache", output_dir / "cache"))
     preprocessing = Preprocessing.from_card(card)
-    prepared = [cache.get(c, preprocessing) for c in cases]
+    prepared = prepare_training_cases(data, preprocessing, output_dir / "cache")
     loop = LoopConfig.from_dict({**section(config, "loop"), "output_dir": output_dir / "train"})
     parallel = section(config, "distributed", required=False)
     info = distributed.setup(loop.device)
