@@ -23,6 +23,23 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -
     return dict(state_dict)
 
 
+def ct_normalization(properties: dict[str, Any], std_key: str, scheme: str, source: Path) -> dict[str, Any]:
+    """The card's ``ct_clip_zscore`` from nnU-Net's foreground intensity properties of channel 0.
+
+    v1 names the standard deviation ``sd`` and v2 ``std``; ``scheme`` is the plans' name, for the error.
+    """
+    try:
+        return {
+            "scheme": "ct_clip_zscore",
+            "lower": float(properties["percentile_00_5"]),
+            "upper": float(properties["percentile_99_5"]),
+            "mean": float(properties["mean"]),
+            "std": float(properties[std_key]),
+        }
+    except KeyError as error:
+        raise CheckpointError(f"{source}: {scheme} normalisation without intensity property {error}") from error
+
+
 def five_pools(pools: list[list[int]]) -> list[list[int]]:
     """STU-Net trainers use exactly 5 pool ops: truncate, or pad with [1, 1, 1]."""
     pools = [[int(k) for k in p] for p in pools][:5]

@@ -16,6 +16,7 @@ import torch
 from tsfm_backend.formats.errors import CheckpointError
 from tsfm_backend.formats.nnunet_common import (
     check_identity_transpose,
+    ct_normalization,
     default_model_id,
     label_names_near,
     strip_prefix,
@@ -47,17 +48,7 @@ def normalization_from_plans(plans: dict[str, Any], source: Path) -> dict[str, A
     scheme = schemes.pop()
     if scheme == "CT":
         properties = (plans.get("dataset_properties") or {}).get("intensityproperties") or {}
-        channel = properties.get(0) or {}
-        try:
-            return {
-                "scheme": "ct_clip_zscore",
-                "lower": float(channel["percentile_00_5"]),
-                "upper": float(channel["percentile_99_5"]),
-                "mean": float(channel["mean"]),
-                "std": float(channel["sd"]),
-            }
-        except KeyError as error:
-            raise CheckpointError(f"{source}: CT normalisation without intensity property {error}") from error
+        return ct_normalization(properties.get(0) or {}, "sd", "CT", source)
     if scheme == "noNorm":
         return {"scheme": "none"}
     # 'nonCT' and every other scheme of nnU-Net v1 is a per-image z-score.

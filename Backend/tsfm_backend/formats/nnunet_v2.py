@@ -17,6 +17,7 @@ import torch
 from tsfm_backend.formats.errors import CheckpointError
 from tsfm_backend.formats.nnunet_common import (
     check_identity_transpose,
+    ct_normalization,
     default_model_id,
     strip_prefix,
     stunet_architecture,
@@ -73,16 +74,7 @@ def normalization_from_plans(plans: dict, config: dict, source: Path) -> dict[st
     scheme = schemes.pop()
     if scheme == "CTNormalization":
         properties = (plans.get("foreground_intensity_properties_per_channel") or {}).get("0") or {}
-        try:
-            return {
-                "scheme": "ct_clip_zscore",
-                "lower": float(properties["percentile_00_5"]),
-                "upper": float(properties["percentile_99_5"]),
-                "mean": float(properties["mean"]),
-                "std": float(properties["std"]),
-            }
-        except KeyError as error:
-            raise CheckpointError(f"{source}: CTNormalization without intensity property {error}") from error
+        return ct_normalization(properties, "std", "CTNormalization", source)
     if scheme == "ZScoreNormalization":
         return {"scheme": "zscore"}
     if scheme == "NoNormalization":

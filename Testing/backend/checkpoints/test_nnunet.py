@@ -138,3 +138,19 @@ def test_a_results_folder_with_one_fold_resolves_to_its_checkpoint(tmp_path):
     (folder / "fold_1" / "checkpoint_final.pth").write_bytes((folder / "fold_0" / "checkpoint_final.pth").read_bytes())
     with pytest.raises(CheckpointError, match=r"several checkpoints \(fold_0/checkpoint_final.pth, fold_1/"):
         read_checkpoint(folder)
+
+
+def test_ct_normalisation_reads_each_versions_intensity_properties(tmp_path):
+    from tsfm_backend.formats import nnunet_v1, nnunet_v2
+
+    stats = {"percentile_00_5": -980.0, "percentile_99_5": 1400.0, "mean": 90.5}
+    v1_plans = {"normalization_schemes": {0: "CT"},
+                "dataset_properties": {"intensityproperties": {0: {**stats, "sd": 310.0}}}}
+    v2_plans = {"foreground_intensity_properties_per_channel": {"0": {**stats, "std": 310.0}}}
+    expected = {"scheme": "ct_clip_zscore", "lower": -980.0, "upper": 1400.0, "mean": 90.5, "std": 310.0}
+    assert nnunet_v1.normalization_from_plans(v1_plans, tmp_path) == expected
+    v2_config = {"normalization_schemes": ["CTNormalization"]}
+    assert nnunet_v2.normalization_from_plans(v2_plans, v2_config, tmp_path) == expected
+    del v2_plans["foreground_intensity_properties_per_channel"]["0"]["std"]
+    with pytest.raises(CheckpointError, match="CTNormalization normalisation without intensity property 'std'"):
+        nnunet_v2.normalization_from_plans(v2_plans, v2_config, tmp_path)
