@@ -61,19 +61,25 @@ def first_click(reference: np.ndarray, spacing: tuple[float, float, float]) -> P
 def largest_error_region(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """(mask of the largest connected error region, True if it was missed) or None when they agree.
 
-    Equal sizes break toward the lower component label, which is the first in C order.
+    Missed voxels (reference only) and extra voxels (prediction only) form separate regions: where a
+    boundary is shifted they touch, and one merged region would put a "positive" click on an extra voxel.
+    Equal sizes prefer the missed region, then the lower component label (the first in C order).
     """
     reference = reference > 0
     prediction = prediction > 0
-    errors = prediction != reference
-    if not errors.any():
+    best: tuple[int, np.ndarray, bool] | None = None
+    for missed, errors in ((True, reference & ~prediction), (False, prediction & ~reference)):
+        if not errors.any():
+            continue
+        labels, count = ndimage.label(errors, structure=_CONNECTIVITY)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        largest = int(np.argmax(sizes))
+        if best is None or int(sizes[largest]) > best[0]:
+            best = (int(sizes[largest]), labels == largest, missed)
+    if best is None:
         return None
-    labels, count = ndimage.label(errors, structure=_CONNECTIVITY)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    sizes[0] = 0
-    region = labels == int(np.argmax(sizes))
-    missed = bool(reference[region].any())
-    return region, missed
+    return best[1], best[2]
 
 
 def next_click(

@@ -65,6 +65,17 @@ def test_next_click_is_negative_for_the_largest_extra_region():
     assert 12 <= click.point[0] < 20 and 20 <= click.point[1] and 20 <= click.point[2]
 
 
+def test_a_shifted_mask_gets_a_negative_click_in_its_extra_part():
+    # The prediction is the reference moved 6 voxels along i: the missed and the extra slabs touch the
+    # overlap's faces and each other's edges, yet each keeps its own sign. The extra slab is the larger.
+    reference = box_mask((20, 30, 40), (5, 5, 5), (14, 24, 20))
+    prediction = box_mask((20, 30, 40), (4, 4, 11), (15, 25, 26))
+    region, missed = largest_error_region(prediction, reference)
+    assert not missed and not (region & (reference > 0)).any()
+    click = next_click(prediction, reference, (1.0, 1.0, 1.0))
+    assert not click.positive and prediction[click.point] == 1 and reference[click.point] == 0
+
+
 def test_no_click_when_perfect_and_empty_region_refused():
     reference = box_mask((8, 8, 8), (2, 2, 2), (5, 5, 5))
     assert next_click(reference, reference, (1.0, 1.0, 1.0)) is None
