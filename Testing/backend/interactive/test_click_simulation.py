@@ -7,6 +7,7 @@ import pytest
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
     corrupt_mask,
+    correction_clicks,
     error_click,
     simulate_prompts,
     simulation_rounds,
@@ -85,3 +86,14 @@ def test_rounds_follow_the_iterative_probability():
     assert set(drawn) == {1, 2, 3}
     half = [simulation_rounds(rng, SimulationConfig(iterative_probability=0.5)) for _ in range(400)]
     assert 0.35 < np.mean(np.array(half) > 0) < 0.65
+
+
+def test_a_shifted_mask_gets_one_click_to_add_and_one_to_remove():
+    # Shifted along i, the missed and the extra crescents touch; they are still two regions of opposite sign.
+    reference = target()
+    shifted = np.roll(reference, 5, axis=2)
+    for seed in range(4):
+        positive, negative = correction_clicks(shifted, reference, (3.0, 2.0, 2.0), np.random.default_rng(seed), 2)
+        assert len(positive) == 1 and len(negative) == 1
+        assert reference[positive[0]] and not shifted[positive[0]]
+        assert shifted[negative[0]] and not reference[negative[0]]

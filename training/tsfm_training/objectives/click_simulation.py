@@ -110,18 +110,21 @@ def correction_clicks(
     previous: np.ndarray, target: np.ndarray, spacing: tuple[float, float, float],
     rng: np.random.Generator, count: int,
 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """Up to ``count`` clicks in distinct error regions, larger regions first (positive, negative)."""
-    errors = previous != target
-    labels, found = ndimage.label(errors, structure=np.ones((3, 3, 3), dtype=bool))
-    if not found:
-        return [], []
-    sizes = np.bincount(labels.ravel(), minlength=found + 1)[1:]
-    order = np.argsort(-sizes, kind="stable")[:count]
+    """Up to ``count`` clicks in distinct error regions, larger regions first (positive, negative).
+
+    Missed and extra voxels are labelled apart (as the evaluation policy does), so a click's sign always
+    matches the region it sits in.
+    """
+    regions: list[tuple[int, bool, int, np.ndarray]] = []
+    for missed, errors in ((True, target & ~previous), (False, previous & ~target)):
+        labels, found = ndimage.label(errors, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel(), minlength=found + 1)
+        regions += [(int(sizes[index]), missed, index, labels) for index in range(1, found + 1)]
+    regions.sort(key=lambda entry: -entry[0])
     positive, negative = [], []
-    for index in order:
-        region = labels == int(index) + 1
-        point = random_interior_click(region, spacing, rng, deepest=bool(rng.random() < 0.5))
-        (positive if target[point] else negative).append(point)
+    for _, missed, index, labels in regions[:count]:
+        point = random_interior_click(labels == index, spacing, rng, deepest=bool(rng.random() < 0.5))
+        (positive if missed else negative).append(point)
     return positive, negative
 
 
