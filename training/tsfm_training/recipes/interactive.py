@@ -13,7 +13,8 @@ model format, then evaluated on the held-out cases with the same deterministic c
 benchmark, and the metrics are written into the card.
 
 Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes),
-``model`` (id, architecture, description), ``simulation`` (``SimulationConfig`` fields), ``loop``
+``model`` (id, architecture, description), ``init`` (optional ``checkpoint``: a model id or folder of the
+same architecture whose weights the run starts from), ``simulation`` (``SimulationConfig`` fields), ``loop``
 (``LoopConfig``), ``export`` (directory), ``evaluation`` (clicks), ``threads``.
 """
 
@@ -271,6 +272,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     card = build_card(config, train, validation, root)
     network = build_network(card)
+    init = config.get("init") or {}
+    if init.get("checkpoint"):
+        from tsfm_training.finetune import load_pretrained
+        from tsfm_training.networks import family_of
+
+        card.provenance["init"] = load_pretrained(network, str(init["checkpoint"]), family_of(card), strict=True)
+        log.info("Starting from the weights of %s", init["checkpoint"])
     click_radius_mm = float(card.architecture.get("click_radius_mm", 5.0))
     seed = int(config["loop"].get("seed", 0))
     batches = ClickBatches(
