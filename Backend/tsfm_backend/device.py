@@ -22,6 +22,23 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 convolutions beat float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Autocast dtype: bf16 (else fp16) on CUDA, bf16 on CPUs that compute it natively, else None (float32)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def describe_device(device: torch.device) -> dict[str, object]:
     """Name and memory of a device, as shown in ``tsfm-backend info`` and ``GET /v1/info``."""
     if device.type == "cuda":

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tsfm_backend.checkpoints import LoadedModel
-from tsfm_backend.device import resolve_device
+from tsfm_backend.device import amp_dtype, resolve_device
 from tsfm_backend.inference import roi as roi_geometry
 from tsfm_backend.inference.roi import Roi
 from tsfm_backend.models.click_unet import encode_prompts
@@ -115,9 +115,12 @@ class InteractiveSession:
         loaded: a promptable model (``click_unet`` or ``sam3d`` family) and its card.
         volume: the image, voxels (K, J, I) in the units the card's normalisation expects (HU for CT).
         device: ``cpu``, ``cuda`` or ``auto``.
+        amp: run the click network in bf16 (fp16 on GPUs without bf16) where the device computes it
+            natively, channels-last; about twice as fast as float32 on a bf16-capable CPU. False keeps
+            float32 throughout.
     """
 
-    def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu") -> None:
+    def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True) -> None:
         card = loaded.card
         if card.kind != "promptable":
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
@@ -140,6 +143,9 @@ class InteractiveSession:
             self.divisor: Voxel = (1, 1, 1)
         else:
             self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
+        self.amp_dtype = amp_dtype(self.device, amp) if self._sam3d is None else None
+        if self.amp_dtype is not None:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
 
     # ----------------------------------------------------------------------------------- public API
@@ -313,7 +319,10 @@ class InteractiveSession:
             boxes=boxes, previous=previous,
         )
         inputs = torch.cat([image, channels])[None]
-        with torch.inference_mode():
+        if self.amp_dtype is not None:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                                    enabled=self.amp_dtype is not None):
             logits = self.network(inputs).float()
             if self.card.output == "softmax":
                 logits = logits[:, 1:2] - logits[:, :1]

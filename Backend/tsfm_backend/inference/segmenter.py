@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tsfm_backend.device import amp_dtype
 from tsfm_backend.inference.postprocessing import clean_labels
 from tsfm_backend.inference.sliding_window import make_predictor, pad_to_patch, sliding_window
 from tsfm_backend.model_card import ModelCard
@@ -167,23 +168,6 @@ class NetworkGridWriter:
 
     def result(self) -> np.ndarray:
         return labels_to_source(self.labels, self.grid)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 convolutions beat float32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """Autocast dtype: bf16 (else fp16) on CUDA, bf16 on CPUs that compute it natively, else None (float32)."""
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
 
 
 def segment_volume(

@@ -177,7 +177,7 @@ def test_real_tiny_stunet_on_real_ct_with_postprocessing(tmp_path, shared_data):
 
 
 def test_autocast_choice():
-    from tsfm_backend.inference.segmenter import amp_dtype, cpu_has_native_bf16
+    from tsfm_backend.device import amp_dtype, cpu_has_native_bf16
 
     assert amp_dtype(torch.device("cpu"), False) is None
     assert amp_dtype(torch.device("cpu"), True) == (torch.bfloat16 if cpu_has_native_bf16() else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from tsfm_backend.checkpoints import load_model
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.click_policy import dice, first_click, next_click
@@ -66,3 +67,18 @@ def test_correction_click_changes_the_mask_where_clicked(bundled, case):
     assert after[correction.point] == (1 if correction.positive else 0)
     session.undo(1)
     assert np.array_equal(session.mask(1), before)
+
+
+def test_bf16_click_agrees_with_float32(bundled, case):
+    volume, reference = case
+    point = first_click(reference, volume.spacing_kji).point
+    masks = {}
+    for amp in (True, False):
+        session = InteractiveSession(bundled, volume, amp=amp)
+        session.interact(Interaction("point", True, point=point))
+        masks[amp] = session.mask(1)
+    fast = InteractiveSession(bundled, volume)
+    if fast.amp_dtype is None:
+        pytest.skip("this CPU has no native bf16; the session runs float32")
+    assert fast.amp_dtype == torch.bfloat16
+    assert dice(masks[True], masks[False]) > 0.98
