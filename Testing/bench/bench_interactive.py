@@ -9,7 +9,8 @@ the deepest voxel of the largest error region (missed -> positive, extra -> nega
 
 Run from the repository root: ``.venv/bin/python Testing/bench/bench_interactive.py [--model ID]
 [--threads 2] [--json out/bench/interactive.json]``. Also times one network pass on the default region
-and on a 128^3 model-grid region. Data: $TSFM_SHARED_DATA or ../shared/data beside the repository.
+and on a 128^3 model-grid region (float32 and the session's bf16), and whole clicks after the first on a
+128^3 region (the model run with a 128^3 region of interest on the first case). Data: $TSFM_SHARED_DATA or ../shared/data beside the repository.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from tsfm_backend.checkpoints import load_model
+from tsfm_backend.checkpoints import LoadedModel, load_model
+from tsfm_backend.device import amp_dtype
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.click_policy import PolicyClick, run_protocol
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
@@ -69,8 +72,8 @@ def region_growing_segmenter(image: sitk.Image):
     return segment
 
 
-def model_segmenter(loaded, volume):
-    session = InteractiveSession(loaded, volume)
+def model_segmenter(loaded, volume, amp: bool = True):
+    session = InteractiveSession(loaded, volume, amp=amp)
 
     def segment(click: PolicyClick) -> np.ndarray:
         session.interact(Interaction("point", click.positive, point=click.point))
@@ -79,17 +82,30 @@ def model_segmenter(loaded, volume):
     return segment
 
 
-def forward_seconds(network: torch.nn.Module, grid: tuple[int, int, int], repeats: int = 3) -> float:
-    """Best-of time of one network pass on a (1, 5, *grid) input."""
+def forward_seconds(network: torch.nn.Module, grid: tuple[int, int, int], repeats: int = 3,
+                    amp: bool = False) -> float:
+    """Best-of time of one network pass on a (1, 5, *grid) input, float32 or as the session runs it."""
+    dtype = amp_dtype(torch.device("cpu"), amp)
     x = torch.zeros(1, 1 + len(PROMPT_CHANNELS), *grid)
+    if dtype is not None:
+        network = network.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     best = float("inf")
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         network(x)
         for _ in range(repeats):
             started = time.perf_counter()
             network(x)
             best = min(best, time.perf_counter() - started)
+    network.to(memory_format=torch.contiguous_format)
     return best
+
+
+def region_128_click_seconds(loaded, volume, reference, clicks: int) -> list[float]:
+    """Seconds of each protocol click after the first with a 128^3 model-grid region of interest."""
+    wide = LoadedModel(loaded.network, replace(loaded.card, patch_size=(128, 128, 128)))
+    trace = run_protocol(model_segmenter(wide, volume), reference, volume.spacing_kji, clicks)
+    return [step.seconds for step in trace[1:]]
 
 
 def main() -> int:
@@ -150,11 +166,25 @@ def main() -> int:
 
     network = loaded.network
     default_grid = tuple(loaded.card.patch_size)
-    timing = {"default_region": {"grid": default_grid, "seconds": forward_seconds(network, default_grid)},
-              "region_128": {"grid": (128, 128, 128), "seconds": forward_seconds(network, (128, 128, 128), 1)}}
+    timing: dict[str, dict] = {}
+    for amp in (False, True):
+        precision = "session precision" if amp else "float32"
+        timing[f"default_region_{'amp' if amp else 'fp32'}"] = {
+            "grid": default_grid, "precision": precision, "seconds": forward_seconds(network, default_grid, amp=amp)}
+        timing[f"region_128_{'amp' if amp else 'fp32'}"] = {
+            "grid": (128, 128, 128), "precision": precision,
+            "seconds": forward_seconds(network, (128, 128, 128), 2, amp=amp)}
     for key, value in timing.items():
-        print(f"network pass on a {value['grid']} model grid ({key}): {value['seconds']:.2f} s")
-    print("targets: mean Dice >= 0.80 after 1 click, >= 0.88 after 5; <= 1 s per click after the first")
+        print(f"network pass on a {value['grid']} model grid, {value['precision']} ({key}): {value['seconds']:.2f} s")
+    first = cases[0]
+    clicks_128 = region_128_click_seconds(loaded, read_volume(root / first / "ct.nii.gz"),
+                                          read_volume(root / first / "mask.nii.gz").array > 0, args.clicks)
+    timing["clicks_128"] = {"case": first, "seconds": clicks_128}
+    print(f"clicks after the first with a 128^3 region on {first}: mean {np.mean(clicks_128):.2f} s, "
+          f"max {max(clicks_128):.2f} s")
+    print(f"session precision on this CPU: {amp_dtype(torch.device('cpu'), True) or torch.float32}")
+    print("targets: mean Dice >= 0.80 after 1 click, >= 0.88 after 5; <= 1 s per click after the first "
+          "on a 128^3 region")
 
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)
