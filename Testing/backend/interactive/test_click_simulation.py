@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
-    corrupt_mask,
     correction_clicks,
+    corrupt_mask,
     error_click,
     simulate_prompts,
     simulation_rounds,
