@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from tsfm_backend.checkpoints import load_model
 from tsfm_training.config import apply_overrides, load_config
@@ -33,6 +34,23 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
     assert len(card.provenance["commit"]) in (40, len("unknown"))
     assert torch.equal(loaded.network.state_dict()["seg_outputs.4.weight"],
                        dict(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"])["seg_outputs.4.weight"])
+
+    # The self-play stage starts from that model; a model of another architecture is refused.
+    stage_two = apply_overrides(load_config("interactive_selfplay"), [
+        f"data.root={cases}", "data.validation_cases=[STS_025]",
+        "data.crop_sizes=[[32, 64, 64]]", "data.batch_sizes=[1]",
+        "model.architecture.preset=tiny", "loop.steps=1", "loop.warmup_steps=0", "loop.progress=false",
+        f"init.checkpoint={tmp_path / 'model'}", f"loop.output_dir={tmp_path / 'run2'}",
+        f"export.directory={tmp_path / 'model2'}", "evaluation.clicks=1", "threads=1",
+    ])
+    interactive.run(stage_two)
+    second = load_model(tmp_path / "model2").card.provenance
+    assert second["init"]["loaded"] == len(loaded.network.state_dict()) and second["init"]["missing"] == 0
+    assert second["command"] == "make interactive-model"
+    assert second["config"]["simulation"]["iterative_probability"] > 0
+    mismatched = apply_overrides(stage_two, ["model.architecture.preset=small"])
+    with pytest.raises(ValueError, match="shape|size"):
+        interactive.run(mismatched)
 
 
 class OverSegmenter(torch.nn.Module):
