@@ -44,7 +44,7 @@ def _click_a_real_tumour(client, client_module) -> None:  # noqa: ANN001
     k, j, i = origin_kji
     mask[k:k + crop.shape[0], j:j + crop.shape[1], i:i + crop.shape[2]] = crop
     dice = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
-    assert dice > 0.6, dice  # the card reports 0.80 for this held-out case
+    assert dice > 0.6, dice  # the card reports 0.81 for this held-out case
     client.close_session(session_id)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.click_policy import dice, first_click, next_click
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
 
+REPO = Path(__file__).resolve().parents[3]
 MODEL = "sts-click-small"
 CASE = "STS_005"
 # A ball of 20 mm radius at the click: what a user gets without a model.
@@ -34,7 +37,12 @@ def test_card_describes_the_bundle(bundled):
     data = card.provenance["data"]
     assert CASE in data["validation_cases"] and CASE not in data["training_cases"]
     assert "Soft-tissue-Sarcoma" in data["attribution"]
-    assert card.provenance["command"].startswith(".venv/bin/tsfm-train run training/configs/interactive_default.yaml")
+    assert card.provenance["command"] == "make interactive-model"
+    stages = card.provenance["training"]["stages"]
+    assert [Path(stage["config"]).name for stage in stages] == [
+        "interactive_default.yaml", "interactive_selfplay.yaml", "interactive_refine.yaml"]
+    assert all((REPO / stage["config"]).is_file() for stage in stages)
+    assert stages[-1]["metrics_mean"] == card.provenance["metrics"]["mean"]
     assert set(card.provenance["metrics"]["mean"]) == {"dice_1", "dice_3", "dice_5"}
 
 
@@ -51,7 +59,7 @@ def test_one_click_segments_the_tumour(bundled, case):
     distance = sum(((grid[a] - click.point[a]) * volume.spacing_kji[a]) ** 2 for a in range(3))
     sphere = distance <= SPHERE_MM ** 2
     model_dice, sphere_dice = dice(mask, reference), dice(sphere, reference)
-    assert model_dice > 0.5  # measured 0.60 with the bundled weights
+    assert model_dice > 0.6  # measured 0.74 with the bundled weights
     assert model_dice > sphere_dice + 0.2
 
 
@@ -82,3 +90,25 @@ def test_bf16_click_agrees_with_float32(bundled, case):
         pytest.skip("this CPU has no native bf16; the session runs float32")
     assert fast.amp_dtype == torch.bfloat16
     assert dice(masks[True], masks[False]) > 0.98
+
+
+def test_negative_click_removes_over_segmentation_and_corrections_converge(bundled, shared_data):
+    # STS_041 is a small tumour in muscle of the same density: the first click spreads into the muscle.
+    volume = read_volume(shared_data / "sts" / "STS_041" / "ct.nii.gz")
+    reference = read_volume(shared_data / "sts" / "STS_041" / "mask.nii.gz").array > 0
+    session = InteractiveSession(bundled, volume)
+    session.interact(Interaction("point", True, point=first_click(reference, volume.spacing_kji).point))
+    scores = [dice(session.mask(1), reference)]
+    negatives = 0
+    for _ in range(4):
+        before = session.mask(1) > 0
+        click = next_click(before, reference, volume.spacing_kji)
+        session.interact(Interaction("point", click.positive, point=click.point))
+        after = session.mask(1) > 0
+        if not click.positive:
+            negatives += 1
+            assert not after[click.point]
+            assert (after & ~reference).sum() < (before & ~reference).sum()  # less extra than before
+        scores.append(dice(after, reference))
+    assert negatives >= 1
+    assert scores[-1] > scores[0] + 0.1  # measured 0.66 -> 0.86

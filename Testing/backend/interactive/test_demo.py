@@ -20,7 +20,7 @@ def test_demo_writes_mask_picture_and_dice(shared_data, tmp_path, capsys, monkey
     mask = read_volume(tmp_path / f"{case}_mask.nii.gz")
     reference = read_volume(shared_data / "sts" / case / "mask.nii.gz")
     assert mask.array.shape == reference.array.shape and mask.array.max() == 1
-    assert score > 0.5  # measured 0.60 on the default case
+    assert score > 0.6  # measured 0.74 on the default case
     picture = np.asarray(Image.open(tmp_path / f"{case}_overview.png").convert("RGB"))
     assert picture.shape[0] > 100 and picture.shape[1] > 300
     red = (picture[..., 0] > 200) & (picture[..., 1] < 80)
