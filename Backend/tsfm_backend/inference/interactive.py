@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tsfm_backend.checkpoints import LoadedModel
 from tsfm_backend.device import amp_dtype, resolve_device
 from tsfm_backend.inference import roi as roi_geometry
+from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.roi import Roi
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize
@@ -116,8 +117,8 @@ class InteractiveSession:
         volume: the image, voxels (K, J, I) in the units the card's normalisation expects (HU for CT).
         device: ``cpu``, ``cuda`` or ``auto``.
         amp: run the click network in bf16 (fp16 on GPUs without bf16) where the device computes it
-            natively, channels-last; about twice as fast as float32 on a bf16-capable CPU. False keeps
-            float32 throughout.
+            natively, channels-last (``prepare_channels_last``); about twice as fast as float32 on a
+            bf16-capable CPU. False keeps float32 throughout.
     """
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True) -> None:
@@ -145,7 +146,7 @@ class InteractiveSession:
             self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
         self.amp_dtype = amp_dtype(self.device, amp) if self._sam3d is None else None
         if self.amp_dtype is not None:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
+            self.network = prepare_channels_last(self.network)
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
 
     # ----------------------------------------------------------------------------------- public API
