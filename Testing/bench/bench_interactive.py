@@ -16,6 +16,7 @@ and on a 128^3 model-grid region (float32 and the session's bf16), and whole cli
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -28,6 +29,7 @@ import torch
 from tsfm_backend.checkpoints import LoadedModel, load_model
 from tsfm_backend.device import amp_dtype
 from tsfm_backend.image_io import read_volume
+from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.click_policy import PolicyClick, run_protocol
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
 from tsfm_backend.models.click_unet import PROMPT_CHANNELS
@@ -84,11 +86,12 @@ def model_segmenter(loaded, volume, amp: bool = True):
 
 def forward_seconds(network: torch.nn.Module, grid: tuple[int, int, int], repeats: int = 3,
                     amp: bool = False) -> float:
-    """Best-of time of one network pass on a (1, 5, *grid) input, float32 or as the session runs it."""
+    """Best-of time of one network pass on a (1, 5, *grid) input: float32 as loaded, or as a session
+    runs it (bf16 autocast on a channels-last copy) where the CPU computes bf16 natively."""
     dtype = amp_dtype(torch.device("cpu"), amp)
     x = torch.zeros(1, 1 + len(PROMPT_CHANNELS), *grid)
     if dtype is not None:
-        network = network.to(memory_format=torch.channels_last_3d)
+        network = prepare_channels_last(copy.deepcopy(network))
         x = x.contiguous(memory_format=torch.channels_last_3d)
     best = float("inf")
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -97,7 +100,6 @@ def forward_seconds(network: torch.nn.Module, grid: tuple[int, int, int], repeat
             started = time.perf_counter()
             network(x)
             best = min(best, time.perf_counter() - started)
-    network.to(memory_format=torch.contiguous_format)
     return best
 
 
@@ -164,7 +166,7 @@ def main() -> int:
                           for c in checkpoints)
         print(f"model vs {baseline}: {ratios}")
 
-    network = loaded.network
+    network = load_model(args.model).network  # as loaded: the sessions above prepared theirs in place
     default_grid = tuple(loaded.card.patch_size)
     timing: dict[str, dict] = {}
     for amp in (False, True):
