@@ -58,28 +58,44 @@ def first_click(reference: np.ndarray, spacing: tuple[float, float, float]) -> P
     return PolicyClick(deepest_voxel(reference > 0, spacing), True)
 
 
-def largest_error_region(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, bool] | None:
-    """(mask of the largest connected error region, True if it was missed) or None when they agree.
+@dataclass(frozen=True)
+class ErrorRegion:
+    """One connected error region: ``labels == label`` is its mask; ``missed`` when the reference has it."""
+
+    voxels: int
+    missed: bool
+    labels: np.ndarray
+    label: int
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.labels == self.label
+
+
+def error_regions(prediction: np.ndarray, reference: np.ndarray) -> list[ErrorRegion]:
+    """The connected error regions of ``prediction`` against ``reference``, largest first.
 
     Missed voxels (reference only) and extra voxels (prediction only) form separate regions: where a
     boundary is shifted they touch, and one merged region would put a "positive" click on an extra voxel.
-    Equal sizes prefer the missed region, then the lower component label (the first in C order).
+    Equal sizes keep missed regions first, then the lower component label (the first in C order).
     """
     reference = reference > 0
     prediction = prediction > 0
-    best: tuple[int, np.ndarray, bool] | None = None
+    regions: list[ErrorRegion] = []
     for missed, errors in ((True, reference & ~prediction), (False, prediction & ~reference)):
-        if not errors.any():
-            continue
         labels, count = ndimage.label(errors, structure=_CONNECTIVITY)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        sizes[0] = 0
-        largest = int(np.argmax(sizes))
-        if best is None or int(sizes[largest]) > best[0]:
-            best = (int(sizes[largest]), labels == largest, missed)
-    if best is None:
+        regions += [ErrorRegion(int(sizes[label]), missed, labels, label) for label in range(1, count + 1)]
+    return sorted(regions, key=lambda region: -region.voxels)
+
+
+def largest_error_region(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """(mask of the largest connected error region, True if it was missed) or None when they agree
+    (``error_regions`` says how regions are formed and ties broken)."""
+    regions = error_regions(prediction, reference)
+    if not regions:
         return None
-    return best[1], best[2]
+    return regions[0].mask, regions[0].missed
 
 
 def next_click(

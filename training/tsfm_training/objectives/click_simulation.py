@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-from tsfm_backend.inference.click_policy import interior_distance, largest_error_region
+from tsfm_backend.inference.click_policy import error_regions, interior_distance, largest_error_region
 
 
 @dataclass
@@ -112,19 +112,13 @@ def correction_clicks(
 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
     """Up to ``count`` clicks in distinct error regions, larger regions first (positive, negative).
 
-    Missed and extra voxels are labelled apart (as the evaluation policy does), so a click's sign always
-    matches the region it sits in.
+    Missed and extra voxels are separate regions (``error_regions``, as the evaluation policy uses), so a
+    click's sign always matches the region it sits in.
     """
-    regions: list[tuple[int, bool, int, np.ndarray]] = []
-    for missed, errors in ((True, target & ~previous), (False, previous & ~target)):
-        labels, found = ndimage.label(errors, structure=np.ones((3, 3, 3), dtype=bool))
-        sizes = np.bincount(labels.ravel(), minlength=found + 1)
-        regions += [(int(sizes[index]), missed, index, labels) for index in range(1, found + 1)]
-    regions.sort(key=lambda entry: -entry[0])
     positive, negative = [], []
-    for _, missed, index, labels in regions[:count]:
-        point = random_interior_click(labels == index, spacing, rng, deepest=bool(rng.random() < 0.5))
-        (positive if missed else negative).append(point)
+    for region in error_regions(previous, target)[:count]:
+        point = random_interior_click(region.mask, spacing, rng, deepest=bool(rng.random() < 0.5))
+        (positive if region.missed else negative).append(point)
     return positive, negative
 
 
