@@ -274,11 +274,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     network = build_network(card)
     init = config.get("init") or {}
     if init.get("checkpoint"):
-        from tsfm_training.finetune import load_pretrained
-        from tsfm_training.networks import family_of
+        from tsfm_training.recipes.supervised import initialise
 
-        card.provenance["init"] = load_pretrained(network, str(init["checkpoint"]), family_of(card), strict=True)
-        log.info("Starting from the weights of %s", init["checkpoint"])
+        _, card.provenance["init"] = initialise(network, card, init)
     click_radius_mm = float(card.architecture.get("click_radius_mm", 5.0))
     seed = int(config["loop"].get("seed", 0))
     batches = ClickBatches(
