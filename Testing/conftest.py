@@ -24,6 +24,14 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def small_ct(shared_data: Path):  # noqa: ANN201
+    """Real abdominal CT, 122 x 101 x 30 voxels at 3 mm, int16 HU: (array KJI, spacing, origin, direction)."""
+    from support.live_server import read_ct
+
+    return read_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+
+
 @pytest.fixture(autouse=True)
 def isolated_model_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own $TSFM_HOME so nothing touches the user's ~/.tsfm."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from support.live_server import TEST_TOKEN as TOKEN
-from support.live_server import ThreadedServer, backend_app, module_on_path, read_ct, save_click_model
+from support.live_server import ThreadedServer, backend_app, module_on_path, save_click_model
 from support.tiny_models import save_tiny_model
 
 
@@ -25,12 +25,6 @@ def live(model_paths: list[Path]):  # noqa: ANN201 - ThreadedServer with .servic
     with ThreadedServer(app) as server:
         server.services = services
         yield server
-
-
-@pytest.fixture(scope="session")
-def small_ct(shared_data: Path):  # noqa: ANN201
-    """Real abdominal CT, 122 x 101 x 30 voxels at 3 mm, int16 HU: (array KJI, spacing, origin, direction)."""
-    return read_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
 
 
 @pytest.fixture
