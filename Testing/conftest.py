@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """The real CT and released files: $TSFM_SHARED_DATA, else ../shared/data beside the repository."""
-    return Path(os.environ.get("TSFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tsfm_backend.shared_data import shared_data_dir
 
 
 @pytest.fixture(scope="session")

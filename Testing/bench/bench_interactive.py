@@ -10,7 +10,7 @@ the deepest voxel of the largest error region (missed -> positive, extra -> nega
 Run from the repository root: ``.venv/bin/python Testing/bench/bench_interactive.py [--model ID]
 [--threads 2] [--json out/bench/interactive.json]``. Also times one network pass on the default region
 and on a 128^3 model-grid region (float32 and the session's bf16), and whole clicks after the first on a
-128^3 region (the model run with a 128^3 region of interest on the first case). Data: $TSFM_SHARED_DATA or ../shared/data beside the repository.
+128^3 region (the model run with a 128^3 region of interest on the first case). Data: as ``tsfm_backend.shared_data`` finds it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,13 +32,9 @@ from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.click_policy import PolicyClick, run_protocol
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
 from tsfm_backend.models.click_unet import PROMPT_CHANNELS
+from tsfm_backend.shared_data import shared_data_dir
 
-REPO = Path(__file__).resolve().parents[2]
 CHECKPOINTS = (1, 3, 5)
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("TSFM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def sphere_segmenter(reference: np.ndarray, spacing: tuple[float, float, float]):
@@ -123,7 +118,7 @@ def main() -> int:
     cases = loaded.card.provenance.get("data", {}).get("validation_cases")
     if not cases:
         raise SystemExit(f"model {args.model} lists no validation cases in its card")
-    root = data_dir() / "sts"
+    root = shared_data_dir() / "sts"
     results: dict[str, dict[str, dict]] = {"model": {}, "sphere": {}, "region_growing": {}}
     for name in cases:
         volume = read_volume(root / name / "ct.nii.gz")

@@ -27,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tsfm_backend.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "totalseg" / "example_ct.nii.gz"
+DEFAULT_IMAGE = shared_data_dir() / "totalseg" / "example_ct.nii.gz"
 ENGINES = ("ours", "monai", "nnunet")
 POINTWISE = "pointwise"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "Testing"))
 
-from conftest import shared_data_dir  # noqa: E402
 from support.live_server import ThreadedServer, backend_app, module_on_path, read_ct, save_click_model  # noqa: E402
+from tsfm_backend.shared_data import shared_data_dir  # noqa: E402
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -28,9 +28,9 @@ def _stop(process) -> None:  # noqa: ANN001
 
 def _click_a_real_tumour(client, client_module) -> None:  # noqa: ANN001
     """The bundled click model, served by the process, segments a sarcoma from one click in its depth."""
-    from conftest import shared_data_dir
     from scipy import ndimage
     from support.live_server import read_ct
+    from tsfm_backend.shared_data import shared_data_dir
 
     if "sts-click-small" not in [model["id"] for model in client.models()]:
         pytest.skip("the bundled interactive model is not installed")

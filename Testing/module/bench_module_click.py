@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support import mini_slicer  # noqa: E402
 from support.mini_slicer import REPO, add_parent_transform, rotation  # noqa: E402
+from tsfm_backend.shared_data import shared_data_dir  # noqa: E402
 
 CARD = REPO / "Backend" / "tsfm_backend" / "resources" / "models" / "sts-click-small" / "model.json"
 
@@ -35,7 +36,7 @@ def main() -> None:
     metrics = card["provenance"]["metrics"]["cases"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=sorted(metrics))
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "sts")
+    parser.add_argument("--data", type=Path, default=shared_data_dir() / "sts")
     args = parser.parse_args()
     mini_slicer.start()
     import slicer

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from tsfm_backend.cli import CommandError
+from tsfm_backend.shared_data import shared_data_dir
 
 HELP = "segment a real CT tumour from one click and write the mask and a picture"
 DEFAULT_MODEL = "sts-click-small"
@@ -29,21 +29,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="out/demo", help="folder for the mask and the PNG (default: out/demo)")
-    parser.add_argument("--data", help="shared data folder (default: $TSFM_SHARED_DATA, else ../shared/data "
-                                       "beside the repository)")
+    parser.add_argument("--data", help="shared data folder (default: $TSFM_SHARED_DATA, else shared/data beside "
+                                       "the checkout or beside the checkout it was cloned from)")
     parser.add_argument("--case", help="sarcoma case, e.g. STS_005 (default: the model's first validation case)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"promptable model id or path (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-
-def shared_data_dir(configured: str | None) -> Path:
-    """``--data``, else $TSFM_SHARED_DATA, else ``shared/data`` beside the repository checkout."""
-    if configured:
-        return Path(configured)
-    if os.environ.get("TSFM_SHARED_DATA"):
-        return Path(os.environ["TSFM_SHARED_DATA"])
-    repository = Path(__file__).resolve().parents[3]
-    return repository.parent / "shared" / "data"
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -118,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=device)
     validation = loaded.card.provenance.get("data", {}).get("validation_cases") or [FALLBACK_CASE]
     case = args.case or validation[0]
-    folder = shared_data_dir(args.data) / "sts" / case
+    folder = (Path(args.data) if args.data else shared_data_dir()) / "sts" / case
     if not (folder / "ct.nii.gz").is_file():
         raise CommandError(f"demo data not found: {folder / 'ct.nii.gz'}; pass --data or set TSFM_SHARED_DATA "
                            "to the shared data folder (the one holding sts/)")

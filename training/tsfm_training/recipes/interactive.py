@@ -21,7 +21,6 @@ same architecture whose weights the run starts from), ``simulation`` (``Simulati
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -37,6 +36,7 @@ from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize, resample_linear
+from tsfm_backend.shared_data import shared_data_dir
 
 from tsfm_training.loop import LoopConfig, fit
 from tsfm_training.objectives.click_simulation import (
@@ -63,12 +63,12 @@ class Case:
 def data_root(configured: str) -> Path:
     """The data folder: as given (relative to the working directory), else that name in the shared data.
 
-    The shared data is $TSFM_SHARED_DATA, else ``../shared/data`` beside the repository.
+    The shared data is where ``tsfm_backend.shared_data.shared_data_dir`` finds it.
     """
     path = Path(configured)
     if path.is_dir():
         return path
-    shared = Path(os.environ.get("TSFM_SHARED_DATA", REPO.parent / "shared" / "data"))
+    shared = shared_data_dir()
     if (shared / path.name).is_dir():
         return shared / path.name
     raise ValueError(f"data folder {configured!r} not found (nor {shared / path.name})")
