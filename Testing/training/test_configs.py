@@ -107,3 +107,21 @@ def test_supervised_recipe_holds_out_scores_and_resumes(tmp_path, monkeypatch, c
 
     assert main(["run", "sts_finetune", *shrink]) == 0  # a second run resumes at the end and re-exports
     assert json.loads(capsys.readouterr().out)["train"]["resumed_from"] == 2
+
+
+def test_shared_data_paths_follow_the_shared_data_folder(tmp_path, monkeypatch):
+    from tsfm_training.config import locate_shared_data
+
+    monkeypatch.setenv("TSFM_SHARED_DATA", str(tmp_path / "elsewhere" / "data"))
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)  # no ../shared/data beside it
+    config = {"data": {"root": "../shared/data/sts", "cases": [{"image": "../shared/data/totalseg/ct.nii.gz"}]},
+              "other": "../shared/elsewhere", "steps": 3}
+    located = locate_shared_data(config)
+    assert located["data"]["root"] == str(tmp_path / "elsewhere" / "data" / "sts")
+    assert located["data"]["cases"][0]["image"] == str(tmp_path / "elsewhere" / "data" / "totalseg" / "ct.nii.gz")
+    assert located["other"] == "../shared/elsewhere" and located["steps"] == 3
+    assert config["data"]["root"] == "../shared/data/sts"  # the input is not changed
+    (tmp_path / "shared" / "data" / "sts").mkdir(parents=True)
+    assert locate_shared_data(config)["data"]["root"] == "../shared/data/sts"  # found from here: kept

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tsfm_training.config import apply_overrides, load_config, recipe_module
+    from tsfm_training.config import apply_overrides, load_config, locate_shared_data, recipe_module
 
     config = apply_overrides(load_config(args.config), args.set or [])
     if args.print_config:
@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config, sort_keys=False), end="")
         return 0
+    config = locate_shared_data(config)
     result = recipe_module(config).run(config)
     print(json.dumps(_jsonable(result), indent=2))
     return 0

@@ -94,6 +94,21 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
+def locate_shared_data(config: Any) -> Any:
+    """A copy of ``config`` in which each path ``../shared/data/...`` that does not exist from the working
+    directory points into the shared data folder as ``tsfm_backend.shared_data`` finds it (a checkout
+    cloned away from ``../shared/data``, or $TSFM_SHARED_DATA). Other values are kept as they are."""
+    if isinstance(config, dict):
+        return {key: locate_shared_data(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [locate_shared_data(value) for value in config]
+    if isinstance(config, str) and Path(config).parts[:3] == ("..", "shared", "data") and not Path(config).exists():
+        from tsfm_backend.shared_data import shared_data_dir
+
+        return str(shared_data_dir().joinpath(*Path(config).parts[3:]))
+    return config
+
+
 def recipe_module(config: dict[str, Any]):
     """The module ``tsfm_training.recipes.<config['recipe']>``, which defines ``run(config) -> dict``."""
     name = config.get("recipe")
