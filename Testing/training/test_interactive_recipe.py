@@ -48,6 +48,10 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
     assert second["init"]["loaded"] == len(loaded.network.state_dict()) and second["init"]["missing"] == 0
     assert second["command"] == "make interactive-model"
     assert second["config"]["simulation"]["iterative_probability"] > 0
+    first_stage, second_stage = second["training"]["stages"]
+    assert first_stage["output_dir"] == str(tmp_path / "run") and first_stage["steps"] == 2
+    assert first_stage["metrics_mean"] == card.provenance["metrics"]["mean"]
+    assert second_stage["output_dir"] == str(tmp_path / "run2") and second_stage["steps"] == 1
     mismatched = apply_overrides(stage_two, ["model.architecture.preset=small"])
     with pytest.raises(ValueError, match="shape|size"):
         interactive.run(mismatched)
@@ -105,3 +109,32 @@ def test_iterative_samples_start_as_first_interactions(shared_data):
     assert batch["image"].shape == (4, 5, 16, 32, 32) and batch["label"].shape == (4, 1, 16, 32, 32)
     assert ((batch["rounds"] >= 1) & (batch["rounds"] <= 3)).all()
     assert batch["image"][:, 4].sum() == 0 and batch["image"][:, 2].sum() == 0  # no previous mask, no negatives
+
+
+def test_resize_crop_scales_the_mask_with_the_image():
+    image = np.zeros((8, 16, 16), dtype=np.float32)
+    mask = np.zeros((8, 16, 16), dtype=bool)
+    mask[2:6, 4:12, 4:12] = True
+    image[mask] = 1.0
+    resized_image, resized_mask = interactive.resize_crop(image, mask, (16, 32, 32))
+    assert resized_image.shape == resized_mask.shape == (16, 32, 32) and resized_mask.dtype == bool
+    assert abs(int(resized_mask.sum()) - 8 * int(mask.sum())) <= 0.01 * 8 * mask.sum()  # twice as large per axis
+    assert np.array_equal(resized_mask, resized_image > 0.5)
+
+
+def test_zoomed_samples_show_the_tumour_larger(shared_data):
+    spacing = (3.0, 2.0, 2.0)
+    case = interactive.load_case(shared_data / "sts" / "STS_002", spacing,
+                                 {"scheme": "hu_window", "lower": -250.0, "upper": 350.0})
+    simulation = interactive.SimulationConfig()
+
+    def tumour_fraction(zoom):
+        batches = interactive.ClickBatches([case], spacing, 5.0, [(16, 32, 32)], [8], simulation, seed=0,
+                                           zoom=zoom)
+        batch = next(batches)
+        assert batch["image"].shape == (8, 5, 16, 32, 32) and batch["label"].shape == (8, 1, 16, 32, 32)
+        return float(batch["label"].mean())
+
+    # Cutting half the crop size and resampling it shows the tumour twice as large in each axis.
+    assert tumour_fraction((1.0, 0.5, 0.5)) > 1.5 * tumour_fraction(None)
+    assert tumour_fraction((1.0, 2.0, 2.0)) < 0.8 * tumour_fraction(None)

@@ -15,7 +15,8 @@ benchmark, and the metrics are written into the card.
 Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes,
 optional zoom: [probability, lowest, highest]),
 ``model`` (id, architecture, description), ``init`` (optional ``checkpoint``: a model id or folder of the
-same architecture whose weights the run starts from), ``simulation`` (``SimulationConfig`` fields), ``loop``
+same architecture whose weights the run starts from; the card's ``provenance.training.stages`` then lists
+that model's stages before this run's), ``simulation`` (``SimulationConfig`` fields), ``loop``
 (``LoopConfig``), ``export`` (directory), ``evaluation`` (clicks), ``threads``.
 """
 
@@ -299,9 +300,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     card = build_card(config, train, validation, root)
     network = build_network(card)
     init = config.get("init") or {}
+    stages: list[dict[str, Any]] = []
     if init.get("checkpoint"):
         from tsfm_training.recipes.supervised import initialise
 
+        stages = earlier_stages(str(init["checkpoint"]))  # read first: the export may overwrite that folder
         _, card.provenance["init"] = initialise(network, card, init)
     click_radius_mm = float(card.architecture.get("click_radius_mm", 5.0))
     seed = int(config["loop"].get("seed", 0))
@@ -322,9 +325,31 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     metrics = evaluate(LoadedModel(network, card), root, validation, int(config.get("evaluation", {}).get(
         "clicks", 5)))
     card.provenance["metrics"] = metrics
+    card.provenance["training"]["stages"] = [*stages, stage_record(card.provenance)]
     save_model(network, card, export_dir)
     log.info("Exported %s with validation metrics %s", export_dir, metrics["mean"])
     return {"loop": summary, "export": str(export_dir), "metrics": metrics}
+
+
+def stage_record(provenance: dict[str, Any]) -> dict[str, Any]:
+    """One training stage as the card's ``provenance.training.stages`` lists it."""
+    training = provenance.get("training") or {}
+    return {"output_dir": (provenance.get("config") or {}).get("loop", {}).get("output_dir"),
+            "steps": training.get("steps"), "seconds": training.get("seconds"), "commit": provenance.get("commit"),
+            "metrics_mean": (provenance.get("metrics") or {}).get("mean")}
+
+
+def earlier_stages(checkpoint: str) -> list[dict[str, Any]]:
+    """The training stages behind the model a run starts from, oldest first: the ones its card lists, else
+    that model's own run as one stage (none for a model that records no training)."""
+    from tsfm_backend.checkpoints import read_checkpoint
+    from tsfm_backend.store import resolve_model
+
+    _, card, _ = read_checkpoint(resolve_model(checkpoint))
+    training = card.provenance.get("training") or {}
+    if "stages" in training:
+        return list(training["stages"])
+    return [stage_record(card.provenance)] if training else []
 
 
 def evaluate(loaded: LoadedModel, root: Path, cases: list[str], clicks: int) -> dict[str, Any]:
