@@ -52,6 +52,9 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
     assert first_stage["output_dir"] == str(tmp_path / "run") and first_stage["steps"] == 2
     assert first_stage["metrics_mean"] == card.provenance["metrics"]["mean"]
     assert second_stage["output_dir"] == str(tmp_path / "run2") and second_stage["steps"] == 1
+    assert "config" not in second_stage  # no bundled config is named after run2
+    assert interactive.stage_record({"config": {"loop": {"output_dir": "out/runs/interactive_refine"}}})[
+        "config"] == "training/configs/interactive_refine.yaml"
     mismatched = apply_overrides(stage_two, ["model.architecture.preset=small"])
     with pytest.raises(ValueError, match="shape|size"):
         interactive.run(mismatched)

@@ -332,11 +332,18 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_record(provenance: dict[str, Any]) -> dict[str, Any]:
-    """One training stage as the card's ``provenance.training.stages`` lists it."""
+    """One training stage as the card's ``provenance.training.stages`` lists it.
+
+    ``config`` names the bundled config the run's output folder is named after (each bundled interactive
+    config writes to ``out/runs/<its name>``), where there is one.
+    """
     training = provenance.get("training") or {}
-    return {"output_dir": (provenance.get("config") or {}).get("loop", {}).get("output_dir"),
-            "steps": training.get("steps"), "seconds": training.get("seconds"), "commit": provenance.get("commit"),
-            "metrics_mean": (provenance.get("metrics") or {}).get("mean")}
+    output_dir = (provenance.get("config") or {}).get("loop", {}).get("output_dir")
+    record: dict[str, Any] = {"output_dir": output_dir}
+    if output_dir and (REPO / "training" / "configs" / f"{Path(output_dir).name}.yaml").is_file():
+        record["config"] = f"training/configs/{Path(output_dir).name}.yaml"
+    return {**record, "steps": training.get("steps"), "seconds": training.get("seconds"),
+            "commit": provenance.get("commit"), "metrics_mean": (provenance.get("metrics") or {}).get("mean")}
 
 
 def earlier_stages(checkpoint: str) -> list[dict[str, Any]]:
