@@ -26,6 +26,10 @@ def test_the_click_network_computes_the_same_after_the_swap():
         torch.testing.assert_close(network(x), expected, atol=2e-3, rtol=1e-3)
         torch.testing.assert_close(network(x.contiguous(memory_format=torch.channels_last_3d)), expected,
                                    atol=2e-3, rtol=1e-3)
+        # One sample at a time the norms run as batch norm with batch statistics: still the same function.
+        for sample in range(2):
+            torch.testing.assert_close(network(x[sample:sample + 1]), expected[sample:sample + 1],
+                                       atol=2e-3, rtol=1e-3)
     convolution = next(m for m in network.modules() if isinstance(m, nn.Conv3d))
     assert convolution.weight.is_contiguous(memory_format=torch.channels_last_3d)
     groups = [m for m in network.modules() if isinstance(m, nn.GroupNorm)]
