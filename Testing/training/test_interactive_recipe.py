@@ -113,31 +113,3 @@ def test_iterative_samples_start_as_first_interactions(shared_data):
     assert ((batch["rounds"] >= 1) & (batch["rounds"] <= 3)).all()
     assert batch["image"][:, 4].sum() == 0 and batch["image"][:, 2].sum() == 0  # no previous mask, no negatives
 
-
-def test_resize_crop_scales_the_mask_with_the_image():
-    image = np.zeros((8, 16, 16), dtype=np.float32)
-    mask = np.zeros((8, 16, 16), dtype=bool)
-    mask[2:6, 4:12, 4:12] = True
-    image[mask] = 1.0
-    resized_image, resized_mask = interactive.resize_crop(image, mask, (16, 32, 32))
-    assert resized_image.shape == resized_mask.shape == (16, 32, 32) and resized_mask.dtype == bool
-    assert abs(int(resized_mask.sum()) - 8 * int(mask.sum())) <= 0.01 * 8 * mask.sum()  # twice as large per axis
-    assert np.array_equal(resized_mask, resized_image > 0.5)
-
-
-def test_zoomed_samples_show_the_tumour_larger(shared_data):
-    spacing = (3.0, 2.0, 2.0)
-    case = interactive.load_case(shared_data / "sts" / "STS_002", spacing,
-                                 {"scheme": "hu_window", "lower": -250.0, "upper": 350.0})
-    simulation = interactive.SimulationConfig()
-
-    def tumour_fraction(zoom):
-        batches = interactive.ClickBatches([case], spacing, 5.0, [(16, 32, 32)], [8], simulation, seed=0,
-                                           zoom=zoom)
-        batch = next(batches)
-        assert batch["image"].shape == (8, 5, 16, 32, 32) and batch["label"].shape == (8, 1, 16, 32, 32)
-        return float(batch["label"].mean())
-
-    # Cutting half the crop size and resampling it shows the tumour twice as large in each axis.
-    assert tumour_fraction((1.0, 0.5, 0.5)) > 1.5 * tumour_fraction(None)
-    assert tumour_fraction((1.0, 2.0, 2.0)) < 0.8 * tumour_fraction(None)

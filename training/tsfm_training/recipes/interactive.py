@@ -12,8 +12,7 @@ sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into t
 model format, then evaluated on the held-out cases with the same deterministic click protocol as the
 benchmark, and the metrics are written into the card.
 
-Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes,
-optional zoom: [probability, lowest, highest]),
+Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes),
 ``model`` (id, architecture, description), ``init`` (optional ``checkpoint``: a model id or folder of the
 same architecture whose weights the run starts from; the card's ``provenance.training.stages`` then lists
 that model's stages before this run's), ``simulation`` (``SimulationConfig`` fields), ``loop``
@@ -112,24 +111,19 @@ class ClickBatches:
     interaction.
 
     The crop size (and its batch size) is drawn per batch from ``crop_sizes``, so the network sees both
-    the small crops of fast training and the full interactive crop. With ``zoom = (probability, lowest,
-    highest)`` that share of the samples is cut ``factor`` times larger (factor uniform in [lowest,
-    highest]) and resampled to the crop size, so tumours appear smaller or larger than they are; without
-    it no random number is drawn for zooming and earlier configs draw the batches they always drew. The
-    random state is saved with the training checkpoint, so a resumed run draws the same batches.
+    the small crops of fast training and the full interactive crop. Its random state is saved with the
+    training checkpoint, so a resumed run draws the same batches.
     """
 
     def __init__(self, cases: list[Case], spacing: tuple[float, float, float], click_radius_mm: float,
                  crop_sizes: list[tuple[int, int, int]], batch_sizes: list[int],
-                 simulation: SimulationConfig, seed: int,
-                 zoom: tuple[float, float, float] | None = None) -> None:
+                 simulation: SimulationConfig, seed: int) -> None:
         self.cases = cases
         self.spacing = spacing
         self.click_radius_mm = click_radius_mm
         self.crop_sizes = crop_sizes
         self.batch_sizes = batch_sizes
         self.simulation = simulation
-        self.zoom = zoom
         self.rng = np.random.default_rng(seed)
         self.tumour_voxels = [np.argwhere(case.mask) for case in cases]
 
@@ -148,13 +142,9 @@ class ClickBatches:
         case, voxels = self.cases[index], self.tumour_voxels[index]
         centre = voxels[self.rng.integers(len(voxels))]
         jitter = np.array([self.rng.integers(-(s // 4), s // 4 + 1) for s in size])
-        factor = self.zoom_factor()
-        source = tuple(max(1, round(s * factor)) for s in size)
-        start = centre + np.round(jitter * factor).astype(int) - np.array(source) // 2
-        image = crop_with_padding(case.image, start, source, fill=float(case.image.min()))
-        target = crop_with_padding(case.mask, start, source, fill=False)
-        if source != size:
-            image, target = resize_crop(image, target, size)
+        start = centre + jitter - np.array(size) // 2
+        image = crop_with_padding(case.image, start, size, fill=float(case.image.min()))
+        target = crop_with_padding(case.mask, start, size, fill=False)
         for axis in range(3):
             if self.rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
@@ -172,28 +162,12 @@ class ClickBatches:
         inputs = torch.cat([torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], channels])
         return inputs, torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None], rounds
 
-    def zoom_factor(self) -> float:
-        """How many times larger than the crop the cut region is: 1 unless this sample is zoomed."""
-        if self.zoom is None:
-            return 1.0
-        probability, lowest, highest = self.zoom
-        if self.rng.random() >= probability:
-            return 1.0
-        return float(self.rng.uniform(lowest, highest))
-
     def __next__(self) -> dict[str, torch.Tensor]:
         choice = int(self.rng.integers(len(self.crop_sizes)))
         size = tuple(int(s) for s in self.crop_sizes[choice])
         samples = [self.sample(size) for _ in range(int(self.batch_sizes[choice]))]
         return {"image": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples]),
                 "rounds": torch.tensor([s[2] for s in samples], dtype=torch.long)}
-
-
-def resize_crop(image: np.ndarray, target: np.ndarray,
-                size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A cut region and its mask resampled (trilinear; the mask thresholded at one half) to ``size``."""
-    resized = resample_linear(torch.from_numpy(np.stack([image, target.astype(np.float32)])), size).numpy()
-    return resized[0], resized[1] > 0.5
 
 
 def self_play(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, rounds: torch.Tensor,
@@ -312,7 +286,6 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         cases, spacing, click_radius_mm,
         [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
         SimulationConfig(**config.get("simulation", {})), seed=seed,
-        zoom=tuple(float(v) for v in data["zoom"]) if data.get("zoom") else None,
     )
     loop = LoopConfig.from_dict(dict(config["loop"]))
     summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
