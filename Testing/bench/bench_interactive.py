@@ -69,8 +69,8 @@ def region_growing_segmenter(image: sitk.Image):
     return segment
 
 
-def model_segmenter(loaded, volume, amp: bool = True):
-    session = InteractiveSession(loaded, volume, amp=amp)
+def model_segmenter(loaded, volume):
+    session = InteractiveSession(loaded, volume)
 
     def segment(click: PolicyClick) -> np.ndarray:
         session.interact(Interaction("point", click.positive, point=click.point))

@@ -321,11 +321,15 @@ def stage_record(provenance: dict[str, Any]) -> dict[str, Any]:
 
 def earlier_stages(checkpoint: str) -> list[dict[str, Any]]:
     """The training stages behind the model a run starts from, oldest first: the ones its card lists, else
-    that model's own run as one stage (none for a model that records no training)."""
-    from tsfm_backend.checkpoints import read_checkpoint
+    that model's own run as one stage (none for a model that records no training, such as an official
+    checkpoint). Reads the card only; the weights are read once, by the initialisation."""
+    from tsfm_backend.formats import ours
     from tsfm_backend.store import resolve_model
 
-    _, card, _ = read_checkpoint(resolve_model(checkpoint))
+    path = resolve_model(checkpoint)
+    if not ours.detect(path):
+        return []
+    card = ModelCard.read((path.parent if path.is_file() else path) / ours.CARD_FILE)
     training = card.provenance.get("training") or {}
     if "stages" in training:
         return list(training["stages"])
