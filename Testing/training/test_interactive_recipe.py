@@ -113,3 +113,11 @@ def test_iterative_samples_start_as_first_interactions(shared_data):
     assert ((batch["rounds"] >= 1) & (batch["rounds"] <= 3)).all()
     assert batch["image"][:, 4].sum() == 0 and batch["image"][:, 2].sum() == 0  # no previous mask, no negatives
 
+
+
+def test_data_root_finds_the_shared_data_and_names_a_missing_folder(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TSFM_SHARED_DATA", str(shared_data))
+    monkeypatch.chdir(tmp_path)  # where ../shared/data does not exist
+    assert interactive.data_root("../shared/data/sts") == shared_data / "sts"
+    with pytest.raises(ValueError, match="nowhere"):
+        interactive.data_root(str(tmp_path / "nowhere"))

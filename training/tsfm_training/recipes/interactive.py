@@ -37,8 +37,8 @@ from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize, resample_linear
-from tsfm_backend.shared_data import shared_data_dir
 
+from tsfm_training.config import locate_shared_data
 from tsfm_training.loop import LoopConfig, fit
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
@@ -62,17 +62,11 @@ class Case:
 
 
 def data_root(configured: str) -> Path:
-    """The data folder: as given (relative to the working directory), else that name in the shared data.
-
-    The shared data is where ``tsfm_backend.shared_data.shared_data_dir`` finds it.
-    """
-    path = Path(configured)
-    if path.is_dir():
-        return path
-    shared = shared_data_dir()
-    if (shared / path.name).is_dir():
-        return shared / path.name
-    raise ValueError(f"data folder {configured!r} not found (nor {shared / path.name})")
+    """The data folder, with ``../shared/data/...`` located as ``tsfm_training.config.locate_shared_data`` does."""
+    path = Path(locate_shared_data(configured))
+    if not path.is_dir():
+        raise ValueError(f"data folder {configured!r} not found (looked for {path})")
+    return path
 
 
 def load_case(folder: Path, spacing: tuple[float, float, float], normalization: dict) -> Case:
