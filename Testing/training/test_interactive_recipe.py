@@ -114,7 +114,6 @@ def test_iterative_samples_start_as_first_interactions(shared_data):
     assert batch["image"][:, 4].sum() == 0 and batch["image"][:, 2].sum() == 0  # no previous mask, no negatives
 
 
-
 def test_data_root_finds_the_shared_data_and_names_a_missing_folder(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("TSFM_SHARED_DATA", str(shared_data))
     monkeypatch.chdir(tmp_path)  # where ../shared/data does not exist

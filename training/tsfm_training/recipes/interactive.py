@@ -15,8 +15,9 @@ benchmark, and the metrics are written into the card.
 Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes),
 ``model`` (id, architecture, description), ``init`` (optional ``checkpoint``: a model id or folder of the
 same architecture whose weights the run starts from; the card's ``provenance.training.stages`` then lists
-that model's stages before this run's), ``simulation`` (``SimulationConfig`` fields), ``loop``
-(``LoopConfig``), ``export`` (directory), ``evaluation`` (clicks), ``threads``.
+that model's stages before this run's), ``simulation`` (``SimulationConfig`` fields), ``augmentation``
+(optional ``ClickAugmentation`` fields: rotation, zoom, gamma, noise), ``loop`` (``LoopConfig``),
+``export`` (directory), ``evaluation`` (clicks), ``threads``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize, resample_linear
 
 from tsfm_training.config import locate_shared_data
+from tsfm_training.data.click_augmentation import (
+    ClickAugmentation,
+    adjust_intensity,
+    random_voxel_transform,
+    transformed_crop,
+)
 from tsfm_training.loop import LoopConfig, fit
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
@@ -111,13 +118,15 @@ class ClickBatches:
 
     def __init__(self, cases: list[Case], spacing: tuple[float, float, float], click_radius_mm: float,
                  crop_sizes: list[tuple[int, int, int]], batch_sizes: list[int],
-                 simulation: SimulationConfig, seed: int) -> None:
+                 simulation: SimulationConfig, seed: int,
+                 augmentation: ClickAugmentation | None = None) -> None:
         self.cases = cases
         self.spacing = spacing
         self.click_radius_mm = click_radius_mm
         self.crop_sizes = crop_sizes
         self.batch_sizes = batch_sizes
         self.simulation = simulation
+        self.augmentation = augmentation or ClickAugmentation()
         self.rng = np.random.default_rng(seed)
         self.tumour_voxels = [np.argwhere(case.mask) for case in cases]
 
@@ -137,12 +146,20 @@ class ClickBatches:
         centre = voxels[self.rng.integers(len(voxels))]
         jitter = np.array([self.rng.integers(-(s // 4), s // 4 + 1) for s in size])
         start = centre + jitter - np.array(size) // 2
-        image = crop_with_padding(case.image, start, size, fill=float(case.image.min()))
-        target = crop_with_padding(case.mask, start, size, fill=False)
+        fill = float(case.image.min())
+        transform = random_voxel_transform(self.rng, self.spacing, self.augmentation)
+        if transform is None:
+            image = crop_with_padding(case.image, start, size, fill=fill)
+            target = crop_with_padding(case.mask, start, size, fill=False)
+        else:
+            middle = start + np.array(size) // 2
+            image = transformed_crop(case.image, middle, size, transform, fill)
+            target = transformed_crop(case.mask, middle, size, transform, 0.0)
         for axis in range(3):
             if self.rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
         image = image * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
+        image = adjust_intensity(image, self.rng, self.augmentation)
         rounds = simulation_rounds(self.rng, self.simulation)
         simulation = replace(self.simulation, correction_probability=0.0) if rounds else self.simulation
         prompts = simulate_prompts(np.ascontiguousarray(target), self.spacing, self.rng, simulation)
@@ -246,6 +263,17 @@ def build_card(config: dict[str, Any], train: list[str], validation: list[str], 
     )
 
 
+def click_augmentation(settings: dict[str, Any] | None) -> ClickAugmentation:
+    """The config's ``augmentation`` section (``ClickAugmentation`` fields); none means no augmentation."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(ClickAugmentation.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown augmentation settings {unknown}; known: "
+                         f"{sorted(ClickAugmentation.__dataclass_fields__)}")
+    return ClickAugmentation(**{key: tuple(value) if isinstance(value, list) else value
+                                for key, value in settings.items()})
+
+
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train, export and evaluate; returns the loop summary, the export folder and the validation metrics."""
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -280,6 +308,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         cases, spacing, click_radius_mm,
         [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
         SimulationConfig(**config.get("simulation", {})), seed=seed,
+        augmentation=click_augmentation(config.get("augmentation")),
     )
     loop = LoopConfig.from_dict(dict(config["loop"]))
     summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
