@@ -38,12 +38,13 @@ bench: $(STAMP)
 	$(PY) Testing/bench/bench_interactive.py --threads 2
 	$(PY) Testing/bench/bench_server.py --size 128 --repeats 10 --warmup 2
 
-# Retrains the bundled interactive model from the sarcoma CTs into its folder, in three stages that each
-# start from the previous one's export (CPU only, 1.5 to 2 hours on an idle 2-core machine).
+# Retrains the bundled interactive model from the sarcoma CTs into its folder, in four stages that each
+# start from the previous one's export (CPU only, 2 to 2.5 hours on an idle 2-core machine).
 interactive-model: $(STAMP)
 	$(VENV)/bin/tsfm-train run training/configs/interactive_default.yaml
 	$(VENV)/bin/tsfm-train run training/configs/interactive_selfplay.yaml
 	$(VENV)/bin/tsfm-train run training/configs/interactive_refine.yaml
+	$(VENV)/bin/tsfm-train run training/configs/interactive_augment.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

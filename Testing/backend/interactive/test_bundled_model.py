@@ -40,7 +40,8 @@ def test_card_describes_the_bundle(bundled):
     assert card.provenance["command"] == "make interactive-model"
     stages = card.provenance["training"]["stages"]
     assert [Path(stage["config"]).name for stage in stages] == [
-        "interactive_default.yaml", "interactive_selfplay.yaml", "interactive_refine.yaml"]
+        "interactive_default.yaml", "interactive_selfplay.yaml", "interactive_refine.yaml",
+        "interactive_augment.yaml"]
     assert all((REPO / stage["config"]).is_file() for stage in stages)
     assert stages[-1]["metrics_mean"] == card.provenance["metrics"]["mean"]
     assert set(card.provenance["metrics"]["mean"]) == {"dice_1", "dice_3", "dice_5"}
