@@ -145,14 +145,14 @@ class ClickBatches:
         case, voxels = self.cases[index], self.tumour_voxels[index]
         centre = voxels[self.rng.integers(len(voxels))]
         jitter = np.array([self.rng.integers(-(s // 4), s // 4 + 1) for s in size])
-        start = centre + jitter - np.array(size) // 2
+        middle = centre + jitter
+        start = middle - np.array(size) // 2
         fill = float(case.image.min())
         transform = random_voxel_transform(self.rng, self.spacing, self.augmentation)
         if transform is None:
             image = crop_with_padding(case.image, start, size, fill=fill)
             target = crop_with_padding(case.mask, start, size, fill=False)
         else:
-            middle = start + np.array(size) // 2
             image = transformed_crop(case.image, middle, size, transform, fill)
             target = transformed_crop(case.mask, middle, size, transform, 0.0)
         for axis in range(3):
