@@ -87,7 +87,7 @@ def test_augmented_batches_click_inside_their_transformed_target(shared_data):
     case = interactive.load_case(shared_data / "sts" / "STS_002", SPACING,
                                  {"scheme": "hu_window", "lower": -250.0, "upper": 350.0})
     simulation = interactive.SimulationConfig(correction_probability=0.0, box_probability=0.0)
-    augmentation = interactive.click_augmentation({"spatial_probability": 1.0, "zoom": [0.85, 1.2]})
+    augmentation = ClickAugmentation.from_dict({"spatial_probability": 1.0, "zoom": [0.85, 1.2]})
     batches = interactive.ClickBatches([case], SPACING, 5.0, [(16, 32, 32)], [4], simulation, seed=0,
                                        augmentation=augmentation)
     batch = next(batches)
@@ -95,4 +95,4 @@ def test_augmented_batches_click_inside_their_transformed_target(shared_data):
     assert target.any() and positive.any()
     assert all(bool((positive[b] & target[b]).any()) for b in range(4))  # each first click on the object
     with pytest.raises(ValueError, match="rotation"):
-        interactive.click_augmentation({"rotation": 10})
+        ClickAugmentation.from_dict({"rotation": 10})

@@ -10,7 +10,8 @@ clicks always fall where the transformed reference says.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +35,15 @@ class ClickAugmentation:
     gamma: tuple[float, float] = (0.7, 1.5)
     noise_probability: float = 0.0
     noise_std: float = 0.05
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClickAugmentation:
+        """Build from the config's ``augmentation`` mapping, naming any key that is not a field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown augmentation settings {unknown}; known: {sorted(known)}")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def rotation_matrix(axis: int, radians: float) -> np.ndarray:

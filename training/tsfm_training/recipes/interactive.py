@@ -263,17 +263,6 @@ def build_card(config: dict[str, Any], train: list[str], validation: list[str], 
     )
 
 
-def click_augmentation(settings: dict[str, Any] | None) -> ClickAugmentation:
-    """The config's ``augmentation`` section (``ClickAugmentation`` fields); none means no augmentation."""
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(ClickAugmentation.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown augmentation settings {unknown}; known: "
-                         f"{sorted(ClickAugmentation.__dataclass_fields__)}")
-    return ClickAugmentation(**{key: tuple(value) if isinstance(value, list) else value
-                                for key, value in settings.items()})
-
-
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train, export and evaluate; returns the loop summary, the export folder and the validation metrics."""
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -308,7 +297,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         cases, spacing, click_radius_mm,
         [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
         SimulationConfig(**config.get("simulation", {})), seed=seed,
-        augmentation=click_augmentation(config.get("augmentation")),
+        augmentation=ClickAugmentation.from_dict(config.get("augmentation") or {}),
     )
     loop = LoopConfig.from_dict(dict(config["loop"]))
     summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
