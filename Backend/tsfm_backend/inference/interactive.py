@@ -319,9 +319,11 @@ class InteractiveSession:
             positive=self._to_grid(roi, prompts.positive), negative=self._to_grid(roi, prompts.negative),
             boxes=boxes, previous=previous,
         )
-        inputs = torch.cat([image, channels])[None]
-        if self.amp_dtype is not None:
-            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        # One copy into the layout the network runs in, instead of a concatenation and a layout change.
+        layout = torch.channels_last_3d if self.amp_dtype is not None else torch.contiguous_format
+        inputs = torch.empty((1, len(image) + len(channels), *roi.grid), device=self.device, memory_format=layout)
+        inputs[0, :len(image)] = image
+        inputs[0, len(image):] = channels
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                                     enabled=self.amp_dtype is not None):
             logits = self.network(inputs).float()
