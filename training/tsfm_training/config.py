@@ -10,6 +10,7 @@ repository root.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -39,6 +40,15 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def settings(cls: type, values: dict[str, Any], what: str) -> Any:
+    """The dataclass ``cls`` built from a config section, naming any key that is not one of its fields."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -19,13 +19,15 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from tsfm_training.config import settings
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,7 @@ class LoopConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoopConfig:
         """Build from a YAML mapping, naming any key that is not a field."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown loop settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return settings(cls, values, "loop")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -10,11 +10,13 @@ clicks always fall where the transformed reference says.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from tsfm_training.config import settings
 
 Shape = tuple[int, int, int]
 
@@ -39,11 +41,8 @@ class ClickAugmentation:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ClickAugmentation:
         """Build from the config's ``augmentation`` mapping, naming any key that is not a field."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown augmentation settings {unknown}; known: {sorted(known)}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+        return settings(cls, {key: tuple(value) if isinstance(value, list) else value
+                              for key, value in values.items()}, "augmentation")
 
 
 def rotation_matrix(axis: int, radians: float) -> np.ndarray:
