@@ -10,14 +10,10 @@ from tsfm_training.config import apply_overrides, load_config
 from tsfm_training.recipes import interactive
 
 
-def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("TSFM_SHARED_DATA", str(shared_data))
-    cases = tmp_path / "sts"
-    cases.mkdir()
-    for name in ("STS_002", "STS_025", "STS_041"):
-        (cases / name).symlink_to(shared_data / "sts" / name)
+def test_recipe_trains_exports_and_measures(shared_data, tmp_path):
+    cases = shared_data / "sts"
     config = apply_overrides(load_config("interactive_default"), [
-        f"data.root={cases}", "data.validation_cases=[STS_025]",
+        f"data.root={cases}", "data.validation_cases=[STS_025]", "data.training_cases=[STS_041, STS_002]",
         "data.crop_sizes=[[32, 64, 64]]", "data.batch_sizes=[1]",
         "model.architecture.preset=tiny", "loop.steps=2", "loop.warmup_steps=0", "loop.progress=false",
         f"loop.output_dir={tmp_path / 'run'}", f"export.directory={tmp_path / 'model'}", "evaluation.clicks=2",
@@ -37,7 +33,7 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
 
     # The self-play stage starts from that model; a model of another architecture is refused.
     stage_two = apply_overrides(load_config("interactive_selfplay"), [
-        f"data.root={cases}", "data.validation_cases=[STS_025]",
+        f"data.root={cases}", "data.validation_cases=[STS_025]", "data.training_cases=[STS_002]",
         "data.crop_sizes=[[32, 64, 64]]", "data.batch_sizes=[1]",
         "model.architecture.preset=tiny", "loop.steps=1", "loop.warmup_steps=0", "loop.progress=false",
         f"init.checkpoint={tmp_path / 'model'}", f"loop.output_dir={tmp_path / 'run2'}",
@@ -58,6 +54,22 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path, monkeypatch):
     mismatched = apply_overrides(stage_two, ["model.architecture.preset=small"])
     with pytest.raises(ValueError, match="shape|size"):
         interactive.run(mismatched)
+
+
+def test_training_cases_choose_a_subset_and_never_overlap_validation(tmp_path):
+    names = ["STS_001", "STS_002", "STS_004", "STS_005"]
+    assert interactive.split_cases(names, ["STS_005"], None, tmp_path) == (
+        ["STS_001", "STS_002", "STS_004"], ["STS_005"])
+    assert interactive.split_cases(names, ["STS_005"], ["STS_004", "STS_001"], tmp_path) == (
+        ["STS_001", "STS_004"], ["STS_005"])
+    with pytest.raises(ValueError, match=r"\['STS_005'\] are listed for both"):
+        interactive.split_cases(names, ["STS_005"], ["STS_001", "STS_005"], tmp_path)
+    with pytest.raises(ValueError, match=r"training cases \['STS_099'\] are not under"):
+        interactive.split_cases(names, ["STS_005"], ["STS_099"], tmp_path)
+    with pytest.raises(ValueError, match=r"validation cases \['STS_098'\] are not under"):
+        interactive.split_cases(names, ["STS_098"], None, tmp_path)
+    with pytest.raises(ValueError, match="training_cases is empty"):
+        interactive.split_cases(names, ["STS_005"], [], tmp_path)
 
 
 class OverSegmenter(torch.nn.Module):

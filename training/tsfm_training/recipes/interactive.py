@@ -12,7 +12,8 @@ sigmoid channel. After ``tsfm_training.loop.fit`` the network is exported into t
 model format, then evaluated on the held-out cases with the same deterministic click protocol as the
 benchmark, and the metrics are written into the card.
 
-Config sections: ``data`` (root, validation_cases, spacing, normalization, crop_sizes, batch_sizes),
+Config sections: ``data`` (root, validation_cases, optional training_cases (default: every other case),
+spacing, normalization, crop_sizes, batch_sizes),
 ``model`` (id, architecture, description), ``init`` (optional ``checkpoint``: a model id or folder of the
 same architecture whose weights the run starts from; the card's ``provenance.training.stages`` then lists
 that model's stages before this run's), ``simulation`` (``SimulationConfig`` fields), ``augmentation``
@@ -74,6 +75,30 @@ def data_root(configured: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"data folder {configured!r} not found (looked for {path})")
     return path
+
+
+def split_cases(names: list[str], validation: list[str], training: list[str] | None,
+                root: Path) -> tuple[list[str], list[str]]:
+    """(training, validation) case names among ``names``: the validation cases as listed, and for
+    training the listed ``training`` cases, or every other case when ``training`` is None.
+
+    Raises ValueError naming cases that are not under ``root`` or that are listed for both.
+    """
+    missing = sorted(set(validation) - set(names))
+    if missing:
+        raise ValueError(f"validation cases {missing} are not under {root}")
+    if training is None:
+        return [n for n in names if n not in validation], list(validation)
+    missing = sorted(set(training) - set(names))
+    if missing:
+        raise ValueError(f"training cases {missing} are not under {root}")
+    both = sorted(set(training) & set(validation))
+    if both:
+        raise ValueError(f"cases {both} are listed for both training and validation")
+    if not training:
+        raise ValueError("data.training_cases is empty; list at least one case, or leave it out to train "
+                         "on every case that is not held out")
+    return sorted(set(training)), list(validation)
 
 
 def load_case(folder: Path, spacing: tuple[float, float, float], normalization: dict) -> Case:
@@ -272,11 +297,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     names = sorted(p.name for p in root.iterdir() if (p / "ct.nii.gz").is_file())
     if not names:
         raise ValueError(f"no cases with ct.nii.gz under {root}")
-    validation = [n for n in data["validation_cases"] if n in names]
-    missing = sorted(set(data["validation_cases"]) - set(names))
-    if missing:
-        raise ValueError(f"validation cases {missing} are not under {root}")
-    train = [n for n in names if n not in validation]
+    train, validation = split_cases(names, data["validation_cases"], data.get("training_cases"), root)
     started = time.perf_counter()
     cases = [load_case(root / n, spacing, data["normalization"]) for n in train]
     log.info("Loaded %d training cases in %.1f s (validation: %s)", len(cases), time.perf_counter() - started,
