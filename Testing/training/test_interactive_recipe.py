@@ -68,6 +68,8 @@ def test_training_cases_choose_a_subset_and_never_overlap_validation(tmp_path):
         interactive.split_cases(names, ["STS_005"], ["STS_099"], tmp_path)
     with pytest.raises(ValueError, match=r"validation cases \['STS_098'\] are not under"):
         interactive.split_cases(names, ["STS_098"], None, tmp_path)
+    with pytest.raises(ValueError, match="must be a list of case names"):
+        interactive.split_cases(names, ["STS_005"], "STS_001", tmp_path)
     with pytest.raises(ValueError, match="training_cases is empty"):
         interactive.split_cases(names, ["STS_005"], [], tmp_path)
 

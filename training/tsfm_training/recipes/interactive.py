@@ -89,6 +89,8 @@ def split_cases(names: list[str], validation: list[str], training: list[str] | N
         raise ValueError(f"validation cases {missing} are not under {root}")
     if training is None:
         return [n for n in names if n not in validation], list(validation)
+    if isinstance(training, str):
+        raise ValueError(f"data.training_cases must be a list of case names, got the string {training!r}")
     missing = sorted(set(training) - set(names))
     if missing:
         raise ValueError(f"training cases {missing} are not under {root}")
