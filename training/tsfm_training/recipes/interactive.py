@@ -91,15 +91,15 @@ def split_cases(names: list[str], validation: list[str], training: list[str] | N
         return [n for n in names if n not in validation], list(validation)
     if isinstance(training, str):
         raise ValueError(f"data.training_cases must be a list of case names, got the string {training!r}")
+    if not training:
+        raise ValueError("data.training_cases is empty; list at least one case, or leave it out to train "
+                         "on every case that is not held out")
     missing = sorted(set(training) - set(names))
     if missing:
         raise ValueError(f"training cases {missing} are not under {root}")
     both = sorted(set(training) & set(validation))
     if both:
         raise ValueError(f"cases {both} are listed for both training and validation")
-    if not training:
-        raise ValueError("data.training_cases is empty; list at least one case, or leave it out to train "
-                         "on every case that is not held out")
     return sorted(set(training)), list(validation)
 
 
