@@ -227,7 +227,13 @@ def test_resume_after_sigkill_is_exact(tmp_path):
         assert torch.equal(value, got[name]), name
 
 
-def test_mixed_precision_on_the_cpu_uses_bfloat16_autocast(tmp_path):
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_mixed_precision_on_the_cpu_uses_bfloat16_only_where_the_cpu_computes_it(tmp_path, monkeypatch,
+                                                                                native_bf16, expected):
+    """bf16 autocast on a CPU without bf16 instructions is emulated and many times slower than float32."""
+    import tsfm_backend.device
+
+    monkeypatch.setattr(tsfm_backend.device, "cpu_has_native_bf16", lambda: native_bf16)
     seen: list[torch.dtype] = []
 
     def loss_with_dtype(m: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -237,4 +243,4 @@ def test_mixed_precision_on_the_cpu_uses_bfloat16_autocast(tmp_path):
 
     torch.manual_seed(0)
     result = fit(Net(), random_batches(), loss_with_dtype, config(tmp_path, steps=2, warmup_steps=0, amp=True))
-    assert seen == [torch.bfloat16, torch.bfloat16] and math.isfinite(result["loss"])
+    assert seen == [expected, expected] and math.isfinite(result["loss"])

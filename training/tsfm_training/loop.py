@@ -172,6 +172,7 @@ def fit(
     logged to TensorBoard and returned. Returns ``step``, ``loss`` (mean of the last ``log_every`` finite
     steps), ``skipped_steps``, ``resumed_from``, ``validation``, ``seconds`` and ``checkpoint``.
     """
+    from tsfm_backend.device import amp_dtype as cpu_amp_dtype
     from tsfm_backend.device import resolve_device
 
     from tsfm_training.distributed import all_ranks_agree
@@ -195,7 +196,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     use_scaler = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    # bf16 on a CPU without native bf16 is emulated, many times slower than float32: train in float32.
+    amp_dtype = torch.float16 if device.type == "cuda" else cpu_amp_dtype(device, config.amp)
+    use_amp = config.amp and amp_dtype is not None
+    if config.amp and not use_amp and main:
+        log.info("loop.amp: this CPU does not compute bf16 natively; training in float32")
 
     checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
     start, skipped, validation = 0, 0, {}
@@ -242,7 +247,7 @@ def fit(
             except StopIteration as exhausted:
                 raise ValueError(f"the batch iterator ran out at step {step} of {config.steps}") from exhausted
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 loss = loss_fn(model, batch)
             # Every rank must take (or skip) the same step, or the gradient all-reduce would hang.
             finite = all_ranks_agree(bool(torch.isfinite(loss.detach()).all()), device)
