@@ -16,7 +16,7 @@ CARD_FORMAT_VERSION = 1
 
 KINDS = ("automatic", "promptable")
 AXIS_ORDERS = ("kji", "ras")
-NORMALIZATION_SCHEMES = ("zscore", "ct_clip_zscore", "hu_window", "none")
+NORMALIZATION_SCHEMES = ("zscore", "ct_clip_zscore", "hu_window", "by_modality", "none")
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -38,7 +38,8 @@ class ModelCard:
         spacing: target voxel spacing in mm in (K, J, I) = (z, y, x) order; ``None`` keeps the input's.
         axis_order: ``kji`` (arrays as stored, SimpleITK order) or ``ras`` (reoriented to RAS first).
         normalization: ``{"scheme": one of NORMALIZATION_SCHEMES, ...parameters}``; parameters are
-            ``lower``/``upper`` (HU clip or window) and ``mean``/``std`` (dataset statistics).
+            ``lower``/``upper`` (HU clip or window) and ``mean``/``std`` (dataset statistics);
+            ``by_modality`` holds one such entry per modality (``tsfm_backend.modality``).
         patch_size: sliding-window patch (or interactive crop) in voxels, (K, J, I) order.
         output: ``softmax`` (one label per voxel) or ``sigmoid`` (independent classes).
         license: license of the weights (SPDX id or a short phrase).

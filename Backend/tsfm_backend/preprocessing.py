@@ -144,6 +144,9 @@ def normalize(image: torch.Tensor, normalization: dict) -> torch.Tensor:
     scheme = normalization.get("scheme", "none")
     if scheme == "none":
         return image.clone()
+    if scheme == "by_modality":
+        raise ValueError("a 'by_modality' normalisation must be resolved for the image first "
+                         "(tsfm_backend.modality.resolve_normalization)")
     if scheme == "zscore":
         std, mean = torch.std_mean(image.double(), correction=0)
         return (image - float(mean)) / max(float(std), 1e-8)

@@ -165,9 +165,15 @@ class BackendClient:
             time.sleep(poll_s)
 
     # ---- interactive sessions ---------------------------------------------------------------------
-    def create_session(self, image_id: str, model: str) -> str:
-        """Open an interactive session of a promptable model on an uploaded image; returns its id."""
-        return self._json("POST", "/v1/sessions", json={"image_id": image_id, "model": model})["session_id"]
+    def create_session(self, image_id: str, model: str, modality: str | None = None) -> str:
+        """Open an interactive session of a promptable model on an uploaded image; returns its id.
+
+        ``modality`` (``CT``, ``MR``, ``PET`` or DICOM's ``PT``) tells a model that normalises by modality
+        what the image is; None lets the backend detect it from the image."""
+        body = {"image_id": image_id, "model": model}
+        if modality is not None:
+            body["modality"] = modality
+        return self._json("POST", "/v1/sessions", json=body)["session_id"]
 
     def interact(self, session_id: str, interaction: dict[str, Any] | None,
                  mask: np.ndarray | None = None, object_id: int = 1) -> tuple[tuple[int, int, int], np.ndarray]:

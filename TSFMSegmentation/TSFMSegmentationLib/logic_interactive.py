@@ -34,7 +34,10 @@ from .segments import (
     segment_ids,
     undo_change,
 )
-from .volumes import image_geometry, image_payload
+from .volumes import dicom_modality, image_geometry, image_payload
+
+# DICOM Modality values the backend takes (it normalises MR and PET by percentiles, CT by HU).
+MODALITIES = ("CT", "MR", "PT")
 
 
 class InteractiveEditor:
@@ -79,7 +82,7 @@ class InteractiveEditor:
         """Upload the image, open a session and pick (or create) the segment to edit; returns the session id."""
         payload = image_payload(self.volume_node)
         self.image_id = self.client.upload_image(payload.array, payload.spacing, payload.origin, payload.direction)
-        self.session_id = self.client.create_session(self.image_id, self.model)
+        self.session_id = self.client.create_session(self.image_id, self.model, self._modality())
         self.select_segment(segment_id or self.segment_id or self._new_segment_id())
         return self.session_id
 
@@ -88,8 +91,14 @@ class InteractiveEditor:
         is re-seeded from its segment before its next prompt."""
         payload = image_payload(self.volume_node)
         self.image_id = self.client.upload_image(payload.array, payload.spacing, payload.origin, payload.direction)
-        self.session_id = self.client.create_session(self.image_id, self.model)
+        self.session_id = self.client.create_session(self.image_id, self.model, self._modality())
         self._synced.clear()
+
+    def _modality(self) -> str | None:
+        """The volume's DICOM modality where the backend understands it (CT, MR, PT), else None: the
+        backend then detects it from the image."""
+        modality = dicom_modality(self.volume_node)
+        return modality if modality in MODALITIES else None
 
     def _sync_object(self) -> None:
         """Send the current segment's voxels to the server when they differ from what it last produced."""

@@ -138,6 +138,18 @@ def image_payload(volume_node: slicer.vtkMRMLScalarVolumeNode) -> ImagePayload:
     return ImagePayload(array, geometry.spacing, geometry.origin_lps, geometry.direction_lps)
 
 
+def dicom_modality(volume_node: slicer.vtkMRMLScalarVolumeNode) -> str | None:
+    """The DICOM Modality (0008,0060) of a volume loaded from Slicer's DICOM database (``CT``, ``MR``,
+    ``PT``, ...), or None for a volume loaded from a file or when the database does not know it."""
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return None
+    filename = database.fileForInstance(uids[0])
+    value = database.fileValue(filename, "0008,0060").strip() if filename else ""
+    return value or None
+
+
 def world_to_kji(geometry: ImageGeometry, ras: tuple[float, float, float]) -> tuple[int, int, int]:
     """The voxel (k, j, i) whose centre is nearest to a world RAS point; refused outside the volume."""
     i, j, k = np.floor(geometry.world_to_ijk(np.asarray(ras))[0] + 0.5).astype(int)

@@ -101,3 +101,24 @@ def test_sheared_parent_transform_is_refused(ct_node) -> None:  # noqa: ANN001
     add_parent_transform(ct_node, shear)
     with pytest.raises(VolumeGeometryError, match="sheared"):
         image_payload(ct_node)
+
+
+def test_dicom_modality_is_read_from_slicer_s_dicom_database(ct_node, monkeypatch) -> None:  # noqa: ANN001
+    """Volumes loaded from DICOM carry their instance UIDs; the database gives the Modality tag of the first."""
+    import slicer
+    from TSFMSegmentationLib.volumes import dicom_modality
+
+    assert dicom_modality(ct_node) is None  # loaded from a file: nothing to read
+
+    class Database:  # the edge: Slicer's ctkDICOMDatabase, as DICOMScalarVolumePlugin leaves it
+        def fileForInstance(self, uid: str) -> str:  # noqa: N802
+            return {"1.2.3": "/dicom/pet/1.dcm"}.get(uid, "")
+
+        def fileValue(self, filename: str, tag: str) -> str:  # noqa: N802
+            return "PT" if (filename, tag) == ("/dicom/pet/1.dcm", "0008,0060") else ""
+
+    monkeypatch.setattr(slicer, "dicomDatabase", Database(), raising=False)
+    ct_node.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    assert dicom_modality(ct_node) == "PT"
+    ct_node.SetAttribute("DICOM.instanceUIDs", "9.9")
+    assert dicom_modality(ct_node) is None

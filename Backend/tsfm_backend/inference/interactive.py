@@ -34,6 +34,7 @@ from tsfm_backend.device import amp_dtype, resolve_device
 from tsfm_backend.inference import roi as roi_geometry
 from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.roi import Roi
+from tsfm_backend.modality import canonical_modality, resolve_normalization
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize
 from tsfm_backend.volume import Volume
@@ -53,7 +54,8 @@ class Interaction:
     """One user prompt.
 
     ``kind`` is ``point`` (``point`` = (k, j, i)) or ``box`` (``box`` = inclusive corners
-    ((k0, j0, i0), (k1, j1, i1))); ``positive`` False makes a click remove instead of add.
+    ((k0, j0, i0), (k1, j1, i1))); a box with equal corners along one axis is a rectangle drawn on one
+    slice (a 2D box). ``positive`` False makes a click remove instead of add.
     """
 
     kind: str
@@ -119,9 +121,12 @@ class InteractiveSession:
         amp: run the click network in bf16 (fp16 on GPUs without bf16) where the device computes it
             natively, channels-last (``prepare_channels_last``); about twice as fast as float32 on a
             bf16-capable CPU. False keeps float32 throughout.
+        modality: ``CT``, ``MR`` or ``PET`` (DICOM's ``PT`` too) for a card that normalises by modality;
+            None detects it from the image (``tsfm_backend.modality``). ``self.modality`` tells which.
     """
 
-    def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
+                 modality: str | None = None) -> None:
         card = loaded.card
         if card.kind != "promptable":
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
@@ -133,6 +138,9 @@ class InteractiveSession:
         self.model_spacing = tuple(card.spacing) if card.spacing is not None else self.image_spacing
         self.shape: Voxel = tuple(int(n) for n in volume.array.shape)  # type: ignore[assignment]
         self.fill_value = float(np.min(volume.array))
+        self.normalization = resolve_normalization(card.normalization, volume.array, modality)
+        self.modality: str | None = self.normalization.get("modality") or (
+            canonical_modality(modality) if modality else None)
         self.objects: dict[int, _Object] = {}
         self._lock = threading.Lock()
         self._image_cache: tuple[Roi, torch.Tensor] | None = None
@@ -233,11 +241,11 @@ class InteractiveSession:
         low, high = interaction.box
         for corner in (low, high):
             self._check_inside(corner, "box corner")
-        for axis, name in enumerate("kji"):
-            if int(low[axis]) == int(high[axis]):
-                raise PromptError(
-                    f"box has zero size along {name} ({name}0 == {name}1 == {int(low[axis])}); "
-                    "a box must span at least two voxels along every axis")
+        flat = [name for axis, name in enumerate("kji") if int(low[axis]) == int(high[axis])]
+        if len(flat) > 1:
+            raise PromptError(
+                f"box has zero size along {' and '.join(flat)}; a box spans a 3D region or a rectangle "
+                "on one slice (zero size along one axis only)")
 
     def _check_inside(self, point: Voxel, what: str) -> None:
         if len(point) != 3:
@@ -300,7 +308,7 @@ class InteractiveSession:
         successive clicks usually share their ROI."""
         if self._image_cache is not None and self._image_cache[0] == roi:
             return self._image_cache[1]
-        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
+        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.normalization)
         image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)[0]
         self._image_cache = (roi, image)
         return image
@@ -342,7 +350,7 @@ class InteractiveSession:
         if roi is None or not all(roi_geometry.well_inside(p, roi) for p in prompts.positive):
             roi = roi_geometry.centred(prompts.positive, self._base_roi_size(),
                                        tuple(self.card.patch_size))  # type: ignore[arg-type]
-        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.card.normalization)
+        image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.normalization)
         image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)
         outside = self._crop_tensor(np.ones(self.shape, dtype=np.float32), roi, 0.0)[None, None]
         outside = F.interpolate(outside, size=roi.grid, mode="nearest") < 0.5

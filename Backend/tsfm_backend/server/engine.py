@@ -60,10 +60,12 @@ class Engine:
         )
         return result.labels, dict(result.names)
 
-    def open_session(self, loaded: LoadedModel, volume: Volume, device: Any) -> InteractiveEngine:
+    def open_session(self, loaded: LoadedModel, volume: Volume, device: Any,
+                     modality: str | None = None) -> InteractiveEngine:
+        """A session on ``volume``; ``modality`` (CT, MR, PET or DICOM's PT) or None to detect it."""
         from tsfm_backend.inference.interactive import InteractiveSession
 
-        return InteractiveSession(loaded, volume, device=device)
+        return InteractiveSession(loaded, volume, device=device, modality=modality)
 
     def interaction(
         self,

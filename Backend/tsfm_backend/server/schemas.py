@@ -95,12 +95,15 @@ class JobStatus(BaseModel):
 class SessionCreate(Strict):
     image_id: ImageId
     model: ModelId
+    modality: Literal["CT", "MR", "PET", "PT"] | None = Field(
+        None, description="the image's modality (DICOM's 'PT' is PET); detected from the image when left out")
 
 
 class SessionInfo(BaseModel):
     session_id: str
     model: str
     image_id: str
+    modality: str | None = Field(None, description="the modality the model normalises the image as, where it asks")
     liveness_s: float = Field(description="expires after this long without any request (heartbeat included)")
     idle_s: float = Field(description="expires after this long without an interaction")
 

@@ -164,12 +164,13 @@ class Services:
         volume = self.images.get(request.image_id)
         self.sessions.ensure_capacity()
         try:
-            engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device),
+            engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device, request.modality),
                                       self.settings.interaction_timeout_s, self.settings.retry_after_s)
         except ValueError as error:
             raise BadInput(f"cannot open a session of {request.model!r} on this image: {error}") from error
         session = self.sessions.add(request.model, request.image_id, engine)
         return schemas.SessionInfo(session_id=session.id, model=session.model, image_id=session.image_id,
+                                   modality=getattr(engine, "modality", None),
                                    liveness_s=self.settings.session_liveness_s, idle_s=self.settings.session_idle_s)
 
     def interact(self, session_id: str, interaction: schemas.Interaction) -> MaskCrop:

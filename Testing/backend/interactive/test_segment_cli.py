@@ -74,7 +74,7 @@ def test_segment_gives_one_mask_in_every_coordinate_system(oblique_case, tmp_pat
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--point", "100000,0,0", "--coords", "ijk"], "--point 100000,0,0 (ijk) is outside the image"),
     (["--point", "1,2"], "must be 3 comma-separated numbers"),
-    (["--box", "10,10,5,40,40,5", "--coords", "ijk"], "zero size along k"),
+    (["--box", "10,10,5,40,10,5", "--coords", "ijk"], "zero size along k and j"),
     (["--negative", "10,10,5", "--coords", "ijk"], "at least one --point or --box"),
 ])
 def test_bad_prompts_exit_2_with_a_clear_message(oblique_case, tmp_path, capsys, arguments, message):

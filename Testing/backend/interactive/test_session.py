@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from support.interactive_models import ellipsoid_volume
+from tsfm_backend.checkpoints import LoadedModel
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession, MaskUpdate, PromptError
+from tsfm_backend.volume import Volume
 
 
 def click(point, positive=True, object_id=1) -> Interaction:
@@ -143,7 +147,7 @@ def test_roi_moves_to_a_click_outside_it(echo_model):
     (Interaction("point", True, point=(40, 10, 10)), r"outside the image of shape \(K, J, I\) = \(40, 96, 96\)"),
     (Interaction("point", True, point=(-1, 10, 10)), "outside the image"),
     (Interaction("point", True, point=None), "needs a point"),
-    (Interaction("box", True, box=((5, 10, 10), (5, 30, 30))), "zero size along k"),
+    (Interaction("box", True, box=((5, 10, 10), (5, 30, 10))), "zero size along k and i"),
     (Interaction("box", True, box=((5, 10, 10), (9, 30, 300))), "box corner .* outside the image"),
     (Interaction("box", False, box=((5, 10, 10), (9, 30, 30))), "negative click"),
     (Interaction("lasso", True, point=(5, 5, 5)), "kind 'lasso'"),
@@ -170,3 +174,29 @@ def test_box_prompt_fills_the_box(echo_model, soft_tissue):
     mask = session.mask(1)
     assert mask[16:25, 42:55, 42:55].all()
     assert not mask[:, :30].any() and not mask[:, 70:].any()
+
+
+def test_a_box_on_one_slice_fills_that_slice_only(echo_model, soft_tissue):
+    """A 2D box (drawn in a slice view) is a rectangle on one slice of the image."""
+    session = InteractiveSession(echo_model, soft_tissue)
+    session.interact(Interaction("box", True, box=((20, 40, 40), (20, 56, 56))))
+    mask = session.mask(1)
+    assert mask[20, 42:55, 42:55].all()
+    assert not mask[:18].any() and not mask[23:].any()  # the model grid (2 mm) covers about one image slice
+
+
+def test_modality_is_detected_or_taken_from_the_caller(echo_model, soft_tissue):
+    """A modality-aware card windows CT in HU and other modalities between percentiles of the image."""
+    card = replace(echo_model.card, normalization={
+        "scheme": "by_modality", "CT": {"scheme": "hu_window", "lower": -100.0, "upper": 300.0},
+        "MR": {"scheme": "percentile_window", "lower_percentile": 1.0, "upper_percentile": 99.0}})
+    loaded = LoadedModel(echo_model.network, card)
+    air = Volume(np.where(np.arange(40)[:, None, None] < 2, -1000.0, soft_tissue.array).astype(np.float32),
+                 soft_tissue.spacing)
+    assert InteractiveSession(loaded, air).modality == "CT"
+    assert InteractiveSession(loaded, soft_tissue).modality == "MR"  # no air: not CT
+    session = InteractiveSession(loaded, soft_tissue, modality="mr")
+    assert session.modality == "MR" and session.normalization["scheme"] == "hu_window"
+    assert session.normalization["lower"] == pytest.approx(40.0) and session.normalization["upper"] == pytest.approx(200.0)
+    with pytest.raises(ValueError, match="normalises CT, MR images, not PET"):
+        InteractiveSession(loaded, soft_tissue, modality="PT")

@@ -219,6 +219,18 @@ def test_interactive_session_over_http(live, client, small_ct) -> None:  # noqa:
     assert gone.status_code == 404
 
 
+def test_a_session_takes_the_modality_of_the_image(live, client, small_ct) -> None:  # noqa: ANN001
+    image_id = client.upload_image(*small_ct)
+    created = requests.post(f"{live.url}/v1/sessions", headers=AUTH, timeout=30,
+                            json={"image_id": image_id, "model": "tiny-click", "modality": "PT"})
+    assert created.status_code in (200, 201) and created.json()["modality"] == "PET"  # DICOM's name for PET
+    client.close_session(created.json()["session_id"])
+    unknown = requests.post(f"{live.url}/v1/sessions", headers=AUTH, timeout=30,
+                            json={"image_id": image_id, "model": "tiny-click", "modality": "US"})
+    assert unknown.status_code == 422 and "modality" in unknown.text
+    client.close_session(client.create_session(image_id, "tiny-click", "CT"))
+
+
 def test_a_session_starts_from_a_mask_sent_with_the_interaction(client, small_ct) -> None:  # noqa: ANN001
     image_id = client.upload_image(*small_ct)
     session_id = client.create_session(image_id, "tiny-click")
