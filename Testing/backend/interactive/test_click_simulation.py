@@ -9,6 +9,7 @@ from tsfm_training.objectives.click_simulation import (
     correction_clicks,
     corrupt_mask,
     error_click,
+    flat_box,
     simulate_prompts,
     simulation_rounds,
 )
@@ -97,3 +98,27 @@ def test_a_shifted_mask_gets_one_click_to_add_and_one_to_remove():
         assert len(positive) == 1 and len(negative) == 1
         assert reference[positive[0]] and not shifted[positive[0]]
         assert shifted[negative[0]] and not reference[negative[0]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_flat_box_is_a_rectangle_around_the_cross_section_of_one_slice(seed):
+    reference = target()
+    corners = flat_box(reference, np.random.default_rng(seed), jitter=0)
+    flat = [axis for axis in range(3) if corners[0, axis] == corners[1, axis]]
+    assert len(flat) == 1
+    axis, index = flat[0], int(corners[0, flat[0]])
+    section = np.take(reference, index, axis=axis)
+    areas = reference.sum(axis=tuple(a for a in range(3) if a != axis))
+    assert section.sum() >= 0.5 * areas.max()  # drawn where the object is large, as a user would
+    rows = np.argwhere(section)
+    other = [a for a in range(3) if a != axis]
+    assert np.array_equal(corners[0, other], rows.min(0)) and np.array_equal(corners[1, other], rows.max(0))
+
+
+def test_flat_boxes_appear_only_when_configured():
+    config = SimulationConfig(correction_probability=0.0, box_probability=1.0, flat_box_probability=1.0)
+    boxes = [simulate_prompts(target(), (3.0, 2.0, 2.0), np.random.default_rng(s), config).boxes[0] for s in range(6)]
+    assert all(int((box[0] == box[1]).sum()) == 1 for box in boxes)
+    solid = SimulationConfig(correction_probability=0.0, box_probability=1.0)
+    boxes = [simulate_prompts(target(), (3.0, 2.0, 2.0), np.random.default_rng(s), solid).boxes[0] for s in range(6)]
+    assert all(int((box[0] == box[1]).sum()) == 0 for box in boxes)

@@ -4,7 +4,7 @@ Two situations are drawn, as in iterative interactive training (DeepEdit, nnInte
 
 - **first interaction**: no previous mask; one to three positive clicks inside the object (the first
   often at its deepest voxel, as the evaluation policy clicks), sometimes a box around it instead of
-  or next to the clicks;
+  or next to the clicks: a 3D box, or a rectangle drawn on one slice (``flat_box``);
 - **correction**: a previous mask that is the reference damaged in a plausible way (grown, shrunk,
   shifted, cut by a plane, with a spurious blob), the initial positive click, and one to four
   correction clicks placed in error regions (missed -> positive, extra -> negative);
@@ -37,6 +37,8 @@ class SimulationConfig:
     max_correction_clicks: int = 4
     max_corruption_voxels: int = 3
     box_jitter_voxels: int = 2
+    # Share of the boxes drawn as a rectangle on one slice (a 2D box), as users draw them in a slice view.
+    flat_box_probability: float = 0.0
     iterative_probability: float = 0.0
     max_iterations: int = 3
 
@@ -71,6 +73,31 @@ def jittered_box(target: np.ndarray, rng: np.random.Generator, jitter: int) -> n
     limit = np.array(target.shape) - 1
     low = np.clip(low, 0, limit)
     high = np.clip(np.maximum(high, low), 0, limit)
+    return np.stack([low, high])
+
+
+def flat_box(target: np.ndarray, rng: np.random.Generator, jitter: int) -> np.ndarray:
+    """(2, 3) corners of a rectangle on one slice around the target's cross-section there (a 2D box).
+
+    The slice is drawn along the axial axis (k) two times in three, else along j or i, among the slices
+    whose cross-section has at least half the largest one's area (where a user would draw it); the
+    corners along that axis are equal.
+    """
+    axis = 0 if rng.random() < 2 / 3 else int(rng.integers(1, 3))
+    other = tuple(a for a in range(3) if a != axis)
+    areas = target.sum(axis=other)
+    candidates = np.flatnonzero(areas >= 0.5 * areas.max())
+    index = int(candidates[rng.integers(len(candidates))])
+    section = np.take(target, index, axis=axis)
+    coords = np.argwhere(section)
+    low2 = coords.min(0) + rng.integers(-jitter, jitter + 1, size=2)
+    high2 = coords.max(0) + rng.integers(-jitter, jitter + 1, size=2)
+    limit = np.array([target.shape[a] for a in other]) - 1
+    low2 = np.clip(low2, 0, limit)
+    high2 = np.clip(np.maximum(high2, low2), 0, limit)
+    low, high = np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    low[axis] = high[axis] = index
+    low[list(other)], high[list(other)] = low2, high2
     return np.stack([low, high])
 
 
@@ -176,7 +203,8 @@ def simulate_prompts(
         for _ in range(int(rng.integers(0, config.max_first_clicks))):
             positive.append(random_interior_click(target, spacing, rng, deepest=False))
         if rng.random() < config.box_probability:
-            boxes.append(jittered_box(target, rng, config.box_jitter_voxels))
+            flat = config.flat_box_probability > 0 and rng.random() < config.flat_box_probability
+            boxes.append((flat_box if flat else jittered_box)(target, rng, config.box_jitter_voxels))
             if rng.random() < 0.5:
                 positive = []
             notes.append("box")
