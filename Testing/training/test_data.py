@@ -87,7 +87,7 @@ def test_msd_dataset_and_case_folders(tmp_path, shared_data):
     assert msd.name == "STS" and msd.classes == {1: "tumour"} and msd.cases[0].case_id == "sts_001"
 
     folders = read_case_folders(shared_data / "sts", "ct.nii.gz", "mask.nii.gz", {1: "tumour"})
-    assert len(folders.cases) == 24 and folders.cases[0].label.name == "mask.nii.gz"
+    assert len(folders.cases) == 39 and folders.cases[0].label.name == "mask.nii.gz"
 
 
 def _dataset(root: Path, name: str, classes: dict[int, str], n: int):

@@ -56,6 +56,38 @@ def test_recipe_trains_exports_and_measures(shared_data, tmp_path):
         interactive.run(mismatched)
 
 
+def universal_config(shared_data, tmp_path, name: str, *more: str) -> dict:
+    """The class-agnostic stage at test size: one training patient, no init model."""
+    config = apply_overrides(load_config("interactive_universal"), [
+        f"data.root={shared_data / 'sts'}", "data.validation_cases=[STS_025]", "data.training_cases=[STS_002]",
+        f"data.totalseg.root={shared_data / 'totalseg'}", "data.pseudo_objects.per_volume=3",
+        "data.crop_sizes=[[32, 64, 64]]", "data.batch_sizes=[1]", "model.architecture.preset=tiny",
+        "loop.steps=2", "loop.warmup_steps=0", "loop.progress=false", "loop.amp=false", "threads=1",
+        f"loop.output_dir={tmp_path / name}", f"export.directory={tmp_path / (name + '-model')}",
+        "evaluation.clicks=2", "evaluation.organ_classes=[vertebrae_T12]", *more,
+    ])
+    config.pop("init")
+    return config
+
+
+def test_class_agnostic_stage_trains_on_every_kind_and_scores_each_group(shared_data, tmp_path):
+    interactive.run(universal_config(shared_data, tmp_path, "a"))
+    card = load_model(tmp_path / "a-model").card
+    assert card.id == "universal-click-small" and card.normalization["scheme"] == "by_modality"
+    data = card.provenance["data"]
+    assert data["objects"]["tumour"] == 3 and data["objects"]["organ"] > 20 and data["objects"]["pseudo"] > 0
+    assert "STS_002/pet" in data["volumes"] and not any("STS_025" in name for name in data["volumes"])
+    metrics = card.provenance["metrics"]
+    assert set(metrics["groups"]) == {"sarcoma CT", "sarcoma MR", "sarcoma PET", "organs (unseen classes)"}
+    assert {"STS_025", "STS_025/mr_t1", "STS_025/pet", "vertebrae_T12@example_ct_sm"} <= set(metrics["cases"])
+    assert metrics["worse_clicks"]["of"] == len(metrics["cases"])  # one click after the first, per object
+    # The seed is set before the network is built: a rerun trains the same weights.
+    interactive.run(universal_config(shared_data, tmp_path, "b", "evaluation.modalities=[ct]",
+                                     "evaluation.organ_classes=[]"))
+    first, second = load_model(tmp_path / "a-model").network.state_dict(), load_model(tmp_path / "b-model").network.state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_training_cases_choose_a_subset_and_never_overlap_validation(tmp_path):
     names = ["STS_001", "STS_002", "STS_004", "STS_005"]
     assert interactive.split_cases(names, ["STS_005"], None, tmp_path) == (

@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tsfm_backend.checkpoints import LoadedModel, save_model
-from tsfm_backend.image_io import read_volume
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
 from tsfm_backend.models.click_unet import encode_prompts
-from tsfm_backend.preprocessing import normalize, resample_linear
 
 from tsfm_training.config import locate_shared_data
 from tsfm_training.data.click_augmentation import (
@@ -47,6 +46,18 @@ from tsfm_training.data.click_augmentation import (
     random_voxel_transform,
     transformed_crop,
 )
+from tsfm_training.data.click_objects import (
+    KINDS,
+    ObjectVolume,
+    TrainingObject,
+    list_objects,
+    random_object_voxel,
+    sts_volumes,
+    to_model_grid,
+    totalseg_volumes,
+    with_pseudo_objects,
+)
+from tsfm_training.data.heldout_objects import HeldoutObject, heldout_objects
 from tsfm_training.loop import LoopConfig, fit
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
@@ -58,15 +69,6 @@ from tsfm_training.objectives.click_simulation import (
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@dataclass
-class Case:
-    """One case on the model grid: normalised image (Z, Y, X) float32 and reference mask (Z, Y, X) bool."""
-
-    name: str
-    image: np.ndarray
-    mask: np.ndarray
 
 
 def data_root(configured: str) -> Path:
@@ -103,18 +105,32 @@ def split_cases(names: list[str], validation: list[str], training: list[str] | N
     return sorted(set(training)), list(validation)
 
 
-def load_case(folder: Path, spacing: tuple[float, float, float], normalization: dict) -> Case:
-    """Read ``ct.nii.gz`` and ``mask.nii.gz`` of a case and bring both to the model grid."""
-    image = read_volume(folder / "ct.nii.gz")
-    mask = read_volume(folder / "mask.nii.gz")
-    if image.array.shape != mask.array.shape:
-        raise ValueError(f"{folder}: ct {image.array.shape} and mask {mask.array.shape} differ")
-    shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(image.array.shape, image.spacing_kji, spacing,
-                                                               strict=True))
-    tensor = normalize(torch.from_numpy(image.array.astype(np.float32))[None], normalization)
-    resampled = resample_linear(tensor, shape)[0].numpy()
-    label = resample_linear(torch.from_numpy((mask.array > 0).astype(np.float32))[None], shape)[0].numpy() > 0.5
-    return Case(folder.name, resampled.astype(np.float32), label)
+def load_case(folder: Path, spacing: tuple[float, float, float], normalization: dict) -> ObjectVolume:
+    """The CT and tumour mask of one sarcoma case on the model grid (object label 1)."""
+    image, labels, modality = to_model_grid(folder / "ct.nii.gz", folder / "mask.nii.gz", spacing, normalization,
+                                            "CT")
+    return ObjectVolume(f"{folder.name}/ct", folder.name, modality, "tumour", image,
+                        (labels > 0).astype(np.uint16), {1: "tumour"})
+
+
+def load_volumes(data: dict[str, Any], root: Path, patients: list[str], spacing: tuple[float, float, float],
+                 seed: int) -> list[ObjectVolume]:
+    """Every training volume the ``data`` section names: the patients' sarcoma images in
+    ``data.modalities`` (default ``[ct]``), TotalSegmentator's example CTs without the
+    ``data.totalseg.heldout_classes``, and ``data.pseudo_objects.per_volume`` pseudo-objects of each."""
+    normalization = data["normalization"]
+    volumes = sts_volumes(root, patients, list(data.get("modalities") or ["ct"]), spacing, normalization)
+    excluded: dict[str, np.ndarray] = {}
+    totalseg = data.get("totalseg")
+    if totalseg:
+        organs, masks = totalseg_volumes(Path(locate_shared_data(str(totalseg["root"]))),
+                                         list(totalseg.get("heldout_classes") or []), spacing, normalization)
+        volumes += organs
+        excluded = {volume.name: mask for volume, mask in zip(organs, masks, strict=True)}
+    pseudo = data.get("pseudo_objects")
+    if pseudo:
+        volumes += with_pseudo_objects(volumes, excluded, int(pseudo.get("per_volume", 20)), seed)
+    return volumes
 
 
 def crop_with_padding(array: np.ndarray, start: np.ndarray, size: tuple[int, int, int], fill: float) -> np.ndarray:
@@ -138,16 +154,19 @@ class ClickBatches:
     itself on that sample before the trained one (``SelfCorrectingLoss``); such samples start as a first
     interaction.
 
-    The crop size (and its batch size) is drawn per batch from ``crop_sizes``, so the network sees both
-    the small crops of fast training and the full interactive crop. Its random state is saved with the
-    training checkpoint, so a resumed run draws the same batches.
+    Each sample draws an object kind by ``kind_weights`` (among the kinds present), then one object of
+    that kind uniformly, and crops around a random voxel of it. The crop size (and its batch size) is
+    drawn per batch from ``crop_sizes``, so the network sees both the small crops of fast training and
+    the full interactive crop. Its random state is saved with the training checkpoint, so a resumed run
+    draws the same batches.
     """
 
-    def __init__(self, cases: list[Case], spacing: tuple[float, float, float], click_radius_mm: float,
+    def __init__(self, volumes: list[ObjectVolume], spacing: tuple[float, float, float], click_radius_mm: float,
                  crop_sizes: list[tuple[int, int, int]], batch_sizes: list[int],
                  simulation: SimulationConfig, seed: int,
-                 augmentation: ClickAugmentation | None = None) -> None:
-        self.cases = cases
+                 augmentation: ClickAugmentation | None = None,
+                 kind_weights: dict[str, float] | None = None) -> None:
+        self.volumes = volumes
         self.spacing = spacing
         self.click_radius_mm = click_radius_mm
         self.crop_sizes = crop_sizes
@@ -155,7 +174,21 @@ class ClickBatches:
         self.simulation = simulation
         self.augmentation = augmentation or ClickAugmentation()
         self.rng = np.random.default_rng(seed)
-        self.tumour_voxels = [np.argwhere(case.mask) for case in cases]
+        objects = list_objects(volumes)
+        self.by_kind = {kind: [o for o in objects if o.kind == kind] for kind in KINDS}
+        self.by_kind = {kind: found for kind, found in self.by_kind.items() if found}
+        if not self.by_kind:
+            raise ValueError("no objects to train on: every volume's labels are empty")
+        weights = {kind: float((kind_weights or {}).get(kind, 1.0)) for kind in self.by_kind}
+        unknown = sorted(set(kind_weights or {}) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown object kinds {unknown} in data.kind_weights; use {list(KINDS)}")
+        total = sum(weights.values())
+        if total <= 0:
+            raise ValueError(f"data.kind_weights gives no weight to the kinds present: {sorted(self.by_kind)}")
+        self.kinds = list(self.by_kind)
+        self.kind_probabilities = np.array([weights[k] / total for k in self.kinds])
+        self.fill = [float(volume.image.min()) for volume in volumes]
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -166,22 +199,33 @@ class ClickBatches:
     def __iter__(self) -> ClickBatches:
         return self
 
+    def draw_object(self) -> TrainingObject:
+        """One object: a kind by its weight, then an object of that kind uniformly."""
+        kind = self.kinds[0] if len(self.kinds) == 1 else \
+            self.kinds[int(self.rng.choice(len(self.kinds), p=self.kind_probabilities))]
+        found = self.by_kind[kind]
+        return found[int(self.rng.integers(len(found)))]
+
     def sample(self, size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One (5, *size) input, its (1, *size) target and its number of self-played rounds."""
-        index = int(self.rng.integers(len(self.cases)))
-        case, voxels = self.cases[index], self.tumour_voxels[index]
-        centre = voxels[self.rng.integers(len(voxels))]
+        obj = self.draw_object()
+        volume = self.volumes[obj.volume]
+        centre = random_object_voxel(volume, obj, self.rng)
         jitter = np.array([self.rng.integers(-(s // 4), s // 4 + 1) for s in size])
         middle = centre + jitter
         start = middle - np.array(size) // 2
-        fill = float(case.image.min())
+        fill = self.fill[obj.volume]
+        mask = volume.labels == obj.label
         transform = random_voxel_transform(self.rng, self.spacing, self.augmentation)
         if transform is None:
-            image = crop_with_padding(case.image, start, size, fill=fill)
-            target = crop_with_padding(case.mask, start, size, fill=False)
+            image = crop_with_padding(volume.image, start, size, fill=fill)
+            target = crop_with_padding(mask, start, size, fill=False)
         else:
-            image = transformed_crop(case.image, middle, size, transform, fill)
-            target = transformed_crop(case.mask, middle, size, transform, 0.0)
+            image = transformed_crop(volume.image, middle, size, transform, fill)
+            target = transformed_crop(mask, middle, size, transform, 0.0)
+        if not np.any(target):  # a thin object rotated out of the crop: take it without the transform
+            image = crop_with_padding(volume.image, start, size, fill=fill)
+            target = crop_with_padding(mask, start, size, fill=False)
         for axis in range(3):
             if self.rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
@@ -300,12 +344,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if not names:
         raise ValueError(f"no cases with ct.nii.gz under {root}")
     train, validation = split_cases(names, data["validation_cases"], data.get("training_cases"), root)
+    seed = int(config["loop"].get("seed", 0))
     started = time.perf_counter()
-    cases = [load_case(root / n, spacing, data["normalization"]) for n in train]
-    log.info("Loaded %d training cases in %.1f s (validation: %s)", len(cases), time.perf_counter() - started,
-             ", ".join(validation))
+    volumes = load_volumes(data, root, train, spacing, seed)
+    counts = dict(Counter(obj.kind for obj in list_objects(volumes)))
+    log.info("Loaded %d training volumes of %d patients in %.1f s, objects per kind %s (validation: %s)",
+             len(volumes), len(train), time.perf_counter() - started, counts, ", ".join(validation))
 
     card = build_card(config, train, validation, root)
+    card.provenance["data"]["objects"] = counts
+    card.provenance["data"]["volumes"] = sorted({v.name for v in volumes if v.kind != "pseudo"})
+    torch.manual_seed(seed)  # before the network is built, so a rerun starts from the same weights
     network = build_network(card)
     init = config.get("init") or {}
     stages: list[dict[str, Any]] = []
@@ -315,12 +364,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         stages = earlier_stages(str(init["checkpoint"]))  # read first: the export may overwrite that folder
         _, card.provenance["init"] = initialise(network, card, init)
     click_radius_mm = float(card.architecture.get("click_radius_mm", 5.0))
-    seed = int(config["loop"].get("seed", 0))
     batches = ClickBatches(
-        cases, spacing, click_radius_mm,
+        volumes, spacing, click_radius_mm,
         [tuple(s) for s in data["crop_sizes"]], [int(b) for b in data["batch_sizes"]],
         SimulationConfig(**config.get("simulation", {})), seed=seed,
         augmentation=ClickAugmentation.from_dict(config.get("augmentation") or {}),
+        kind_weights=data.get("kind_weights"),
     )
     loop = LoopConfig.from_dict(dict(config["loop"]))
     summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
@@ -330,8 +379,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     card.provenance["training"] = {"steps": summary["step"], "final_loss": summary["loss"],
                                    "seconds": round(summary["seconds"], 1)}
     save_model(network, card, export_dir)
-    metrics = evaluate(LoadedModel(network, card), root, validation, int(config.get("evaluation", {}).get(
-        "clicks", 5)))
+    evaluation = config.get("evaluation", {})
+    metrics = evaluate(LoadedModel(network, card), heldout_objects(
+        root.parent, validation, list(evaluation.get("modalities") or ["ct"]),
+        list(evaluation.get("organ_classes") or [])), int(evaluation.get("clicks", 5)))
     card.provenance["metrics"] = metrics
     card.provenance["training"]["stages"] = [*stages, stage_record(card.provenance)]
     save_model(network, card, export_dir)
@@ -371,26 +422,43 @@ def earlier_stages(checkpoint: str) -> list[dict[str, Any]]:
     return [stage_record(card.provenance)] if training else []
 
 
-def evaluate(loaded: LoadedModel, root: Path, cases: list[str], clicks: int) -> dict[str, Any]:
-    """Dice after each click of the deterministic protocol, per held-out case and mean, on the CT's own grid."""
+def evaluate(loaded: LoadedModel, objects: list[HeldoutObject], clicks: int) -> dict[str, Any]:
+    """Dice after each click of the deterministic protocol, per held-out object, per group and overall.
+
+    ``mean`` is over the sarcoma CT group (the figure earlier cards reported); ``groups`` holds each
+    group's mean and ``overall`` the mean over groups. ``worse_clicks`` is the share of clicks after the
+    first that lowered Dice by more than 0.005.
+    """
     from tsfm_backend.inference.click_policy import run_protocol
     from tsfm_backend.inference.interactive import Interaction, InteractiveSession
 
-    per_case: dict[str, Any] = {}
-    for name in cases:
-        volume = read_volume(root / name / "ct.nii.gz")
-        reference = read_volume(root / name / "mask.nii.gz").array > 0
-        session = InteractiveSession(loaded, volume)
+    per_object: dict[str, Any] = {}
+    groups: dict[str, list[str]] = {}
+    for obj in objects:
+        session = InteractiveSession(loaded, obj.volume, modality=obj.modality)
 
         def segment(click, session=session):
             session.interact(Interaction("point", click.positive, point=click.point))
             return session.mask(1)
 
-        trace = run_protocol(segment, reference, volume.spacing_kji, clicks)
-        per_case[name] = {"dice": [round(t.dice, 4) for t in trace],
-                          "seconds": [round(t.seconds, 3) for t in trace]}
-    mean = {f"dice_{k}": round(float(np.mean([c["dice"][min(k, len(c["dice"])) - 1]
-                                                   for c in per_case.values()])), 4)
-            for k in (1, 3, clicks)}
+        trace = run_protocol(segment, obj.reference, obj.volume.spacing_kji, clicks)
+        key = obj.name.removesuffix("/ct") if obj.group == "sarcoma CT" else obj.name
+        per_object[key] = {"group": obj.group, "dice": [round(t.dice, 4) for t in trace],
+                           "seconds": [round(t.seconds, 3) for t in trace]}
+        groups.setdefault(obj.group, []).append(key)
+    checkpoints = sorted({1, min(3, clicks), clicks})
+
+    def means(keys: list[str]) -> dict[str, float]:
+        return {f"dice_{k}": round(float(np.mean([per_object[n]["dice"][k - 1] for n in keys])), 4)
+                for k in checkpoints}
+
+    group_means = {group: means(keys) for group, keys in groups.items()}
+    steps = [(d[i - 1], d[i]) for c in per_object.values() for d in [c["dice"]] for i in range(1, len(d))]
+    worse = sum(after < before - 0.005 for before, after in steps)
     return {"protocol": "first click at the deepest voxel, then the deepest voxel of the largest error region",
-            "clicks": clicks, "mean": mean, "cases": per_case}
+            "clicks": clicks, "mean": group_means.get("sarcoma CT", next(iter(group_means.values()))),
+            "groups": group_means,
+            "overall": {k: round(float(np.mean([g[k] for g in group_means.values()])), 4)
+                        for k in next(iter(group_means.values()))},
+            "worse_clicks": {"count": int(worse), "of": len(steps)},
+            "cases": per_object}
