@@ -33,6 +33,7 @@ from tsfm_backend.checkpoints import LoadedModel
 from tsfm_backend.device import amp_dtype, resolve_device
 from tsfm_backend.inference import roi as roi_geometry
 from tsfm_backend.inference.channels_last import prepare_channels_last
+from tsfm_backend.inference.corrections import keep_changes_near
 from tsfm_backend.inference.roi import Roi
 from tsfm_backend.modality import canonical_modality, resolve_normalization
 from tsfm_backend.models.click_unet import encode_prompts
@@ -123,10 +124,12 @@ class InteractiveSession:
             bf16-capable CPU. False keeps float32 throughout.
         modality: ``CT``, ``MR`` or ``PET`` (DICOM's ``PT`` too) for a card that normalises by modality;
             None detects it from the image (``tsfm_backend.modality``). ``self.modality`` tells which.
+        local_corrections: a click on an object that already has a mask changes it only by the
+            connected changes that reach the click (``inference.corrections``).
     """
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
-                 modality: str | None = None) -> None:
+                 modality: str | None = None, local_corrections: bool = False) -> None:
         card = loaded.card
         if card.kind != "promptable":
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
@@ -156,6 +159,7 @@ class InteractiveSession:
         if self.amp_dtype is not None:
             self.network = prepare_channels_last(self.network)
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
+        self.local_corrections = local_corrections
 
     # ----------------------------------------------------------------------------------- public API
     def interact(self, interaction: Interaction) -> MaskUpdate:
@@ -170,6 +174,10 @@ class InteractiveSession:
                 roi, region = self._predict_sam3d(state.roi, prompts)
             else:
                 roi, region = self._predict_grown(state, prompts)
+            if self.local_corrections and interaction.kind == "point" and state.mask.any():
+                radius = tuple(self.click_radius_mm / s for s in self.image_spacing)
+                point = tuple(int(p) - s for p, s in zip(interaction.point, roi.start, strict=True))
+                region = keep_changes_near(roi_geometry.crop(state.mask, roi, 0), region, point, radius)
             state.roi = roi
             return self._commit(interaction.object_id, state, roi, region, prompts)
 
