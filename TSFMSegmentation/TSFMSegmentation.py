@@ -379,6 +379,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(model["id"])
             combo.setItemData(combo.count - 1, f"{model.get('description', '')} ({model.get('license', '')})",
                               qt.Qt.ToolTipRole)
+            if model.get("default"):
+                combo.setCurrentIndex(combo.count - 1)
 
     def _confirmUpload(self, url: str) -> bool:
         return slicer.util.confirmYesNoDisplay(

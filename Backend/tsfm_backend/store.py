@@ -14,6 +14,8 @@ from tsfm_backend.formats.errors import UnknownModelError
 from tsfm_backend.model_card import ModelCard, ModelCardError
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "resources" / "models"
+# The promptable model a new user meets first: the demo, ``segment`` and Slicer's model list start with it.
+DEFAULT_INTERACTIVE_MODEL = "universal-click-small"
 
 
 def tsfm_home() -> Path:

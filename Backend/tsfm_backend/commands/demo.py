@@ -3,7 +3,8 @@
 Reads a held-out case of the soft-tissue sarcoma set (CT + the clinician's contour), places one click
 where a user would (the voxel deepest inside the tumour), segments with the default model, and writes
 the mask and a PNG of the three orthogonal slices through the click with the result outlined in red
-and the reference in green. Prints the Dice against the reference.
+and the reference in green. Prints the Dice against the reference. Where the case also holds the
+patient's MR and PET, the same tumour is clicked once in each and their Dice printed too.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import numpy as np
 
 from tsfm_backend.cli import CommandError
 from tsfm_backend.shared_data import shared_data_dir
+from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL
 
 HELP = "segment a real CT tumour from one click and write the mask and a picture"
-DEFAULT_MODEL = "sts-click-small"
+DEFAULT_MODEL = DEFAULT_INTERACTIVE_MODEL
 FALLBACK_CASE = "STS_005"
+# The same patient's tumour in other modalities: (image, mask, modality).
+OTHER_MODALITIES = (("mr_t1.nii.gz", "mr_t1_mask.nii.gz", "MR"), ("pet.nii.gz", "pet_mask.nii.gz", "PET"))
 WINDOW_HU = (-160.0, 240.0)
 PIXEL_MM = 0.75
 
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
           f"({-lps[0]:.1f}, {-lps[1]:.1f}, {lps[2]:.1f}) mm"
           f"{' (held out from training)' if case in validation else ''}")
 
-    session = InteractiveSession(loaded, volume, device=device)
+    session = InteractiveSession(loaded, volume, device=device, modality="CT")
     started = time.perf_counter()
     session.interact(Interaction("point", True, point=point))
     seconds = time.perf_counter() - started
@@ -141,4 +145,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"time for the click: {seconds:.2f} s on {device}")
     if score is not None:
         print(f"Dice vs reference: {score:.3f}")
+    for image_file, mask_file, modality in OTHER_MODALITIES:
+        if (folder / image_file).is_file() and (folder / mask_file).is_file():
+            other = read_volume(folder / image_file)
+            truth = read_volume(folder / mask_file).array > 0
+            session = InteractiveSession(loaded, other, device=device, modality=modality)
+            started = time.perf_counter()
+            session.interact(Interaction("point", True, point=first_click(truth, other.spacing_kji).point))
+            print(f"{case} {modality}: one click, Dice {dice(session.mask(1), truth):.3f} "
+                  f"({time.perf_counter() - started:.2f} s)")
     return 0

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from tsfm_backend.cli import CommandError
+from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL
 
 HELP = "segment one object from clicks and boxes (interactive model, no GUI)"
-DEFAULT_MODEL = "sts-click-small"
+DEFAULT_MODEL = DEFAULT_INTERACTIVE_MODEL
 COORDS = ("ras", "lps", "ijk")
 
 log = logging.getLogger(__name__)

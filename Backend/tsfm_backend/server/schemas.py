@@ -170,6 +170,7 @@ class ModelInfo(BaseModel):
     description: str
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
+    default: bool = Field(False, description="the promptable model to offer first")
 
 
 class Health(BaseModel):

@@ -27,6 +27,7 @@ from tsfm_backend.server.sessions import Session, SessionRegistry
 from tsfm_backend.server.settings import API_VERSION, Settings
 from tsfm_backend.server.wire import LABEL_DTYPES, decode_array, split_frame
 from tsfm_backend.server.worker import Worker
+from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL
 from tsfm_backend.volume import Volume, VolumeError
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,14 @@ class ModelRegistry:
         return sorted(self._models)
 
     def describe(self) -> list[schemas.ModelInfo]:
-        cards = [self._models[model_id].card for model_id in self.ids]
+        """Every served model, the default interactive one first, then by id."""
+        ids = sorted(self.ids, key=lambda model_id: model_id != DEFAULT_INTERACTIVE_MODEL)
+        cards = [self._models[model_id].card for model_id in ids]
         return [
             schemas.ModelInfo(
                 id=card.id, kind=card.kind, family=card.family, license=card.license,
                 classes={str(k): v for k, v in sorted(card.classes.items())}, description=card.description,
-                patch_size=card.patch_size, spacing=card.spacing,
+                patch_size=card.patch_size, spacing=card.spacing, default=card.id == DEFAULT_INTERACTIVE_MODEL,
             )
             for card in cards
         ]
