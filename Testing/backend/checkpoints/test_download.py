@@ -143,7 +143,7 @@ def test_fetch_downloads_checks_and_installs(server, tmp_path, shared_data, monk
     assert main(["models"]) == 0
     installed = capsys.readouterr().out.split("Catalog:")[0]
     assert [line.split()[0] + " " + line.split()[-1] for line in installed.splitlines()[1:] if line.strip()] == [
-        "sts-click-small bundled", "stunet-test store"]
+        "sts-click-small bundled", "stunet-test store", "universal-click-small bundled"]
     assert main(["fetch", "stunet-test"]) == 2
     assert "already installed" in capsys.readouterr().err
 
