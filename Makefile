@@ -48,6 +48,7 @@ interactive-model: $(STAMP)
 	$(VENV)/bin/tsfm-train run training/configs/interactive_refine.yaml
 	$(VENV)/bin/tsfm-train run training/configs/interactive_augment.yaml
 	$(VENV)/bin/tsfm-train run training/configs/interactive_universal.yaml
+	$(VENV)/bin/tsfm-train run training/configs/interactive_universal_refine.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
