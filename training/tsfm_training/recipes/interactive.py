@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -175,8 +174,7 @@ class ClickBatches:
         self.augmentation = augmentation or ClickAugmentation()
         self.rng = np.random.default_rng(seed)
         objects = list_objects(volumes)
-        self.by_kind = {kind: [o for o in objects if o.kind == kind] for kind in KINDS}
-        self.by_kind = {kind: found for kind, found in self.by_kind.items() if found}
+        self.by_kind = {kind: found for kind in KINDS if (found := [o for o in objects if o.kind == kind])}
         if not self.by_kind:
             raise ValueError("no objects to train on: every volume's labels are empty")
         weights = {kind: float((kind_weights or {}).get(kind, 1.0)) for kind in self.by_kind}
@@ -347,12 +345,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     seed = int(config["loop"].get("seed", 0))
     started = time.perf_counter()
     volumes = load_volumes(data, root, train, spacing, seed)
-    counts = dict(Counter(obj.kind for obj in list_objects(volumes)))
-    log.info("Loaded %d training volumes of %d patients in %.1f s, objects per kind %s (validation: %s)",
-             len(volumes), len(train), time.perf_counter() - started, counts, ", ".join(validation))
 
     card = build_card(config, train, validation, root)
-    card.provenance["data"]["objects"] = counts
     card.provenance["data"]["volumes"] = sorted({v.name for v in volumes if v.kind != "pseudo"})
     torch.manual_seed(seed)  # before the network is built, so a rerun starts from the same weights
     network = build_network(card)
@@ -371,6 +365,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         augmentation=ClickAugmentation.from_dict(config.get("augmentation") or {}),
         kind_weights=data.get("kind_weights"),
     )
+    counts = {kind: len(objects) for kind, objects in batches.by_kind.items()}
+    card.provenance["data"]["objects"] = counts
+    log.info("Loaded %d training volumes of %d patients in %.1f s, objects per kind %s (validation: %s)",
+             len(volumes), len(train), time.perf_counter() - started, counts, ", ".join(validation))
     loop = LoopConfig.from_dict(dict(config["loop"]))
     summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
     network = network.cpu().eval()
