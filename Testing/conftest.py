@@ -33,6 +33,23 @@ def isolated_model_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     return home
 
 
+@pytest.fixture(scope="session")
+def downloadable_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real model folder (``MODEL_FILES``) for the download tests to serve."""
+    from support.tiny_models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("source") / "tiny-stunet", spacing=None, patch_size=(16, 32, 32))
+
+
+@pytest.fixture
+def files(tmp_path: Path, downloadable_model: Path):  # noqa: ANN201 - support.file_server.FileServer
+    """A loopback file server holding ``downloadable_model``'s files."""
+    from support.file_server import MODEL_FILES, serve_files
+
+    with serve_files(tmp_path / "www", downloadable_model, MODEL_FILES) as server:
+        yield server
+
+
 def _cuda_available() -> bool:
     try:
         import torch

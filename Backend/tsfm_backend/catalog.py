@@ -48,6 +48,12 @@ class CatalogEntry:
         """True when every file has a URL (otherwise the user downloads by hand and imports)."""
         return all(f.url for f in self.files)
 
+    @property
+    def size(self) -> int | None:
+        """Bytes of all files together; None when the catalog does not know every file's size."""
+        sizes = [f.size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
 
 def catalog_path() -> Path:
     return Path(os.environ.get("TSFM_CATALOG") or BUNDLED_CATALOG)

@@ -1,7 +1,9 @@
 """Downloading model files: resumable (HTTP Range), size- and SHA-256-checked, with a progress bar.
 
 A download goes to ``<file>.partial`` and is renamed only once complete and verified, so an
-interrupted run resumes where it stopped and a wrong file never looks finished.
+interrupted run resumes where it stopped and a wrong file never looks finished. A caller that is not
+a terminal (the server's download manager) passes ``on_progress`` and ``should_stop``: both are
+called between chunks, so a cancel takes effect within one chunk and keeps the partial file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import http.client
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tsfm_backend.formats.errors import CheckpointError
@@ -18,10 +21,16 @@ from tsfm_backend.formats.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+Progress = Callable[[int, int | None], None]
+ShouldStop = Callable[[], bool]
 
 
 class DownloadError(CheckpointError):
     """A file that could not be downloaded or is not the expected one."""
+
+
+class DownloadCancelled(DownloadError):
+    """``should_stop()`` said so; the ``.partial`` file stays, so a later download resumes from it."""
 
 
 def sha256_of(path: Path) -> str:
@@ -50,11 +59,15 @@ def download(
     sha256: str | None = None,
     timeout: float = 30.0,
     progress: bool = True,
+    on_progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Path:
     """Fetch ``url`` to ``destination``, resuming a ``.partial`` left by an earlier run.
 
     An existing ``destination`` that passes the size and hash checks is kept without any request. A
     finished download that fails them is deleted and DownloadError raised (naming expected and actual).
+    ``on_progress(bytes_done, bytes_total or None)`` follows the file in bytes (resumed bytes included);
+    ``should_stop()`` returning True raises DownloadCancelled before the next chunk.
     """
     from tqdm import tqdm
 
@@ -63,6 +76,7 @@ def download(
     if destination.is_file():
         try:
             _verify(destination, url, size, sha256)
+            _report(on_progress, destination.stat().st_size)
             return destination
         except DownloadError:
             log.warning("%s exists but does not match the catalog; downloading it again", destination)
@@ -75,6 +89,7 @@ def download(
     request = urllib.request.Request(url, headers={"User-Agent": "tsfm-backend"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+    _stop_if_asked(should_stop, url, offset)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as error:
@@ -97,15 +112,23 @@ def download(
                 offset = 0
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else size
+            # read1 returns what has arrived (up to a chunk) instead of waiting for a full chunk, so a
+            # slow link still reports progress and honours a cancel often.
+            read = getattr(response, "read1", response.read)
             with (
                 partial.open("ab" if resumed else "wb") as handle,
                 tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name,
                      disable=not progress) as bar,
             ):
+                if on_progress is not None:
+                    on_progress(offset, total)
                 try:
-                    for block in iter(lambda: response.read(CHUNK_BYTES), b""):
+                    for block in iter(lambda: read(CHUNK_BYTES), b""):
                         handle.write(block)
                         bar.update(len(block))
+                        if on_progress is not None:
+                            on_progress(handle.tell(), total)
+                        _stop_if_asked(should_stop, url, handle.tell())
                 except (OSError, http.client.HTTPException) as error:
                     raise DownloadError(
                         f"{url}: interrupted after {handle.tell()} bytes ({error}); run again to resume"
@@ -120,4 +143,16 @@ def download(
         partial.unlink()
         raise
     partial.replace(destination)
+    _report(on_progress, destination.stat().st_size)
     return destination
+
+
+def _stop_if_asked(should_stop: ShouldStop | None, url: str, bytes_done: int) -> None:
+    if should_stop is not None and should_stop():
+        raise DownloadCancelled(f"{url}: cancelled after {bytes_done} bytes; the partial file is kept to resume")
+
+
+def _report(on_progress: Progress | None, size: int) -> None:
+    """A complete file: done and total are its size."""
+    if on_progress is not None:
+        on_progress(size, size)

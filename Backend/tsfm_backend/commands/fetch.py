@@ -16,11 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tsfm_backend.catalog import catalog_entry
-    from tsfm_backend.checkpoints import import_model
+    from tsfm_backend.catalog_install import install_entry
     from tsfm_backend.cli import CommandError
     from tsfm_backend.commands.import_model import describe
-    from tsfm_backend.download import download
-    from tsfm_backend.store import downloads_dir
 
     entry = catalog_entry(args.model_id)
     if not entry.redistributable and not args.accept_license:
@@ -30,13 +28,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not entry.downloadable:
         raise CommandError(f"{entry.id} has no direct download. {entry.notes}")
-    folder = downloads_dir() / entry.id
-    paths = [download(f.url, folder / f.name, size=f.size, sha256=f.sha256) for f in entry.files]
-    card, installed, fmt = import_model(
-        paths[0], entry.id, license=entry.license,
-        provenance={"catalog_id": entry.id, "homepage": entry.homepage, "url": entry.files[0].url},
-        overwrite=args.force,
-    )
+    card, installed, fmt = install_entry(entry, overwrite=args.force)
     print(f"fetched {entry.id!r} into {installed}")
     for line in describe(card, fmt):
         print("  " + line)

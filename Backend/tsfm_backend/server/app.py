@@ -3,8 +3,9 @@
 Concurrency: routes with a body read it on the event loop and hand the work to the thread pool;
 the others are plain ``def`` routes, which FastAPI runs in that pool. Model work then queues on the
 single worker thread (interactive first), so health checks and heartbeats answer while a job runs.
-Every error answers ``{"error": message}`` with a 4xx status (503 + Retry-After at capacity);
-tracebacks stay in the server log. The protocol is documented in ``Backend/README.md``.
+Every error answers ``{"error": message}`` with a 4xx status (503 + Retry-After at capacity, 500 for
+a broken model catalog); tracebacks stay in the server log. Model downloads run on their own thread
+(``downloads.py``). The protocol is documented in ``Backend/README.md``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,26 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
     @app.get("/v1/models", response_model=list[schemas.ModelInfo], dependencies=auth)
     def models() -> list[schemas.ModelInfo]:
         return services.models.describe()
+
+    @app.get("/v1/catalog", response_model=list[schemas.CatalogInfo], dependencies=auth)
+    def catalog() -> list[schemas.CatalogInfo]:
+        return services.catalog()
+
+    @app.post("/v1/downloads", response_model=schemas.DownloadStatus, status_code=202, dependencies=auth)
+    def start_download(request: schemas.DownloadCreate, response: Response) -> schemas.DownloadStatus:
+        download, created = services.start_download(request)
+        if not created:
+            response.status_code = 200  # that model's download was already queued or running: this is it
+        return services.download_status(download)
+
+    @app.get("/v1/downloads/{download_id}", response_model=schemas.DownloadStatus, dependencies=auth)
+    def download(download_id: HexId) -> schemas.DownloadStatus:
+        return services.download_status(services.downloads.get(download_id))
+
+    @app.delete("/v1/downloads/{download_id}", response_model=schemas.DownloadStatus, status_code=202,
+                dependencies=auth)
+    def cancel_download(download_id: HexId) -> schemas.DownloadStatus:
+        return services.download_status(services.downloads.cancel(download_id))
 
     @app.post("/v1/images", response_model=schemas.ImageInfo, status_code=201, dependencies=auth)
     async def upload_image(request: Request, response: Response) -> schemas.ImageInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base of the failures a route maps to a 4xx/503 answer with ``{"error": message}``."""
+    """Base of the failures a route maps to a 4xx/5xx answer with ``{"error": message}``."""
 
     status = 400
 
@@ -41,6 +41,12 @@ class Expired(ServiceError):
 
 class TooLarge(ServiceError):
     status = 413
+
+
+class Misconfigured(ServiceError):
+    """The server's own files are wrong (e.g. an unreadable model catalog); the message names the file."""
+
+    status = 500
 
 
 class Busy(ServiceError):

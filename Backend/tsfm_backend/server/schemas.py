@@ -173,6 +173,38 @@ class ModelInfo(BaseModel):
     default: bool = Field(False, description="the promptable model to offer first")
 
 
+class CatalogInfo(BaseModel):
+    """One model of the backend's catalog, and whether this server already has it."""
+
+    id: str
+    title: str = Field(description="what the model is, in one line")
+    kind: str = Field(description="automatic or promptable")
+    family: str
+    license: str
+    redistributable: bool = Field(description="false: POST /v1/downloads needs accept_license true")
+    homepage: str
+    notes: str = Field(description="how to get it by hand when it is not downloadable, and caveats")
+    size_bytes: int | None = Field(description="all files together; null when the catalog does not know")
+    downloadable: bool = Field(description="false: download it by hand and run `tsfm-backend import`")
+    installed: bool = Field(description="present in the server's model store")
+    served: bool = Field(description="listed by GET /v1/models now")
+
+
+class DownloadCreate(Strict):
+    model: ModelId = Field(description="a catalog id from GET /v1/catalog")
+    accept_license: StrictBool = Field(False, description="the user accepted a non-redistributable license")
+
+
+class DownloadStatus(BaseModel):
+    download_id: str
+    model: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    bytes_done: int = Field(ge=0)
+    bytes_total: int | None = Field(None, description="null until the size is known")
+    message: str
+    seconds: float | None = Field(None, description="run time once finished")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     api_version: str

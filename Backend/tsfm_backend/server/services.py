@@ -10,35 +10,44 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
+from tsfm_backend.catalog import catalog_entry, load_catalog
 from tsfm_backend.checkpoints import LoadedModel, load_model
+from tsfm_backend.formats.errors import CheckpointError, UnknownModelError
 from tsfm_backend.server import schemas
+from tsfm_backend.server.downloads import Download, DownloadManager, installed_folder
 from tsfm_backend.server.engine import Engine, MaskCrop, as_crop
-from tsfm_backend.server.errors import BadInput, Invalid, NotFound
+from tsfm_backend.server.errors import BadInput, Conflict, Invalid, Misconfigured, NotFound
 from tsfm_backend.server.images import ImageStore
 from tsfm_backend.server.jobs import Job, JobManager
 from tsfm_backend.server.sessions import Session, SessionRegistry
 from tsfm_backend.server.settings import API_VERSION, Settings
 from tsfm_backend.server.wire import LABEL_DTYPES, decode_array, split_frame
 from tsfm_backend.server.worker import Worker
-from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL
+from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL, installed_models
 from tsfm_backend.volume import Volume, VolumeError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 VERSIONED_PACKAGES = ("tsfm-backend", "torch", "numpy", "fastapi", "uvicorn", "pydantic", "monai", "SimpleITK")
 
 
 class ModelRegistry:
-    """The models this server serves, loaded once at start and kept on the device."""
+    """The models this server serves, loaded at start (and after a download) and kept on the device."""
 
     def __init__(self, models: Iterable[LoadedModel]) -> None:
         self._models = {loaded.card.id: loaded for loaded in models}
+        # Routes read while the download thread adds; the lock keeps every reader on one consistent dict.
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_ids: Iterable[str], device: Any, skip_broken: bool = False) -> ModelRegistry:
@@ -54,19 +63,29 @@ class ModelRegistry:
         return cls(loaded)
 
     def get(self, model_id: str) -> LoadedModel:
-        loaded = self._models.get(model_id)
+        with self._lock:
+            loaded = self._models.get(model_id)
         if loaded is None:
             raise NotFound(f"model {model_id!r} is not served here; available: {', '.join(self.ids) or 'none'}")
         return loaded
 
+    def add(self, loaded: LoadedModel) -> None:
+        """Serve ``loaded`` from now on (replacing a model of the same id)."""
+        with self._lock:
+            self._models[loaded.card.id] = loaded
+        log.info("model %s is served from now on", loaded.card.id)
+
     @property
     def ids(self) -> list[str]:
-        return sorted(self._models)
+        with self._lock:
+            return sorted(self._models)
 
     def describe(self) -> list[schemas.ModelInfo]:
         """Every served model, the default interactive one first, then by id."""
-        ids = sorted(self.ids, key=lambda model_id: model_id != DEFAULT_INTERACTIVE_MODEL)
-        cards = [self._models[model_id].card for model_id in ids]
+        with self._lock:
+            models = dict(self._models)
+        ids = sorted(models, key=lambda model_id: (model_id != DEFAULT_INTERACTIVE_MODEL, model_id))
+        cards = [models[model_id].card for model_id in ids]
         return [
             schemas.ModelInfo(
                 id=card.id, kind=card.kind, family=card.family, license=card.license,
@@ -88,11 +107,14 @@ class Services:
     jobs: JobManager
     sessions: SessionRegistry
     engine: Engine
+    downloads: DownloadManager
 
     @classmethod
     def start(cls, settings: Settings, models: ModelRegistry, device: Any, engine: Engine | None = None) -> Services:
         engine = engine or Engine()
         worker = Worker()
+        serve = partial(_serve_installed, models, worker, device, settings.interaction_timeout_s,
+                        settings.retry_after_s)
         return cls(
             settings=settings,
             device=device,
@@ -103,6 +125,7 @@ class Services:
             sessions=SessionRegistry(settings.max_sessions, settings.session_liveness_s,
                                      settings.session_idle_s, settings.retry_after_s),
             engine=engine,
+            downloads=DownloadManager(serve, retry_after_s=settings.retry_after_s),
         )
 
     @property
@@ -111,6 +134,7 @@ class Services:
         return self.jobs.worker
 
     def close(self) -> None:
+        self.downloads.close()
         self.worker.stop()
 
     # ---- discovery -------------------------------------------------------------------------------
@@ -127,6 +151,49 @@ class Services:
             api_version=API_VERSION, versions=versions, device=describe_device(self.device),
             models=self.models.ids, limits=self.settings.public_limits(),
             queued_jobs=self.jobs.count("queued"), sessions=len(self.sessions), auth=self.settings.token is not None,
+        )
+
+    # ---- catalog and downloads ---------------------------------------------------------------------
+    def catalog(self) -> list[schemas.CatalogInfo]:
+        """Every catalog entry with whether the store has it and whether this server serves it."""
+        entries = _read_catalog(load_catalog)
+        installed = {card.id for card in installed_models()}
+        served = set(self.models.ids)
+        return [
+            schemas.CatalogInfo(
+                id=e.id, title=e.title, kind=e.kind, family=e.family, license=e.license,
+                redistributable=e.redistributable, homepage=e.homepage, notes=e.notes, size_bytes=e.size,
+                downloadable=e.downloadable, installed=e.id in installed, served=e.id in served,
+            )
+            for e in entries
+        ]
+
+    def start_download(self, request: schemas.DownloadCreate) -> tuple[Download, bool]:
+        """Queue the download of a catalog model; (download, created) where False means it already runs.
+
+        A model installed in the store but not served is only loaded (no download, no license
+        question: it was accepted when it was installed).
+        """
+        entry = _read_catalog(lambda: catalog_entry(request.model))
+        if entry.id in self.models.ids:
+            raise Conflict(f"{entry.id} is already installed and served: it is listed by GET /v1/models")
+        if installed_folder(entry.id) is None:
+            if not entry.downloadable:
+                raise Conflict(
+                    f"{entry.id} cannot be downloaded by the server: its files have no direct link. "
+                    f"{entry.notes} Download it by hand, run `tsfm-backend import FILE --id {entry.id}` on the "
+                    f"server's machine, then ask for this download again to serve it.")
+            if not entry.redistributable and not request.accept_license:
+                raise Conflict(
+                    f"{entry.id} is under {entry.license}, which does not allow redistribution: read it at "
+                    f"{entry.homepage} and send accept_license: true to download it for yourself")
+        return self.downloads.submit(entry)
+
+    def download_status(self, download: Download) -> schemas.DownloadStatus:
+        return schemas.DownloadStatus(
+            download_id=download.id, model=download.model, state=download.state,  # type: ignore[arg-type]
+            bytes_done=download.bytes_done, bytes_total=download.bytes_total, message=download.message,
+            seconds=download.seconds,
         )
 
     # ---- images ----------------------------------------------------------------------------------
@@ -231,6 +298,26 @@ class Services:
     def _engine_interaction(self, interaction: schemas.Interaction) -> Any:
         return self.engine.interaction(interaction.kind, interaction.positive, interaction.point,
                                        interaction.box, interaction.object_id)
+
+
+def _serve_installed(models: ModelRegistry, worker: Worker, device: Any, timeout_s: float, retry_after_s: int,
+                     folder: Path) -> None:
+    """Load a freshly installed model and serve it; it moves to the device on the model thread, like all
+    model work, so it never competes with a running job for the device mid-step."""
+    loaded = load_model(folder, device="cpu")
+    on_device = worker.call(lambda: LoadedModel(network=loaded.network.to(device), card=loaded.card),
+                            timeout_s, retry_after_s)
+    models.add(on_device)
+
+
+def _read_catalog(read: Callable[[], T]) -> T:
+    """``read()`` of the catalog with its errors as answers: an unknown id is 404, a broken file 500."""
+    try:
+        return read()
+    except UnknownModelError as error:
+        raise NotFound(str(error)) from error
+    except CheckpointError as error:
+        raise Misconfigured(str(error)) from error
 
 
 def _validated(schema: type, header: dict[str, Any], what: str) -> Any:

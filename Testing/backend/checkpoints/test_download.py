@@ -4,77 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from support.file_server import FileServer
 from support.official_checkpoints import stunet_for, write_v1_checkpoint
 from tsfm_backend.checkpoints import load_model
 from tsfm_backend.cli import main
-from tsfm_backend.download import DownloadError, download
-
-
-class RangeServer(ThreadingHTTPServer):
-    """Serves files from ``root`` with HTTP Range support; ``cut_after`` drops the next response mid-way."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-        self.root = root
-        self.cut_after: int | None = None
-        self.ranges: list[str | None] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class RangeHandler(BaseHTTPRequestHandler):
-    server: RangeServer
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        path = self.server.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        header = self.headers.get("Range")
-        self.server.ranges.append(header)
-        start = int(re.match(r"bytes=(\d+)-", header).group(1)) if header else 0
-        if start >= len(data) and header:
-            self.send_response(416)
-            self.end_headers()
-            return
-        body = data[start:]
-        self.send_response(206 if header else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        if header:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if self.server.cut_after is not None:
-            self.wfile.write(body[: self.server.cut_after])
-            self.server.cut_after = None
-            self.wfile.flush()
-            self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
+from tsfm_backend.download import DownloadCancelled, DownloadError, download
 
 
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    httpd = RangeServer(root)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with FileServer(root) as httpd:
+        yield httpd
+
+
+def ranges(server: FileServer) -> list[str | None]:
+    return [header for _path, header in server.requests]
 
 
 def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
@@ -90,11 +39,11 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
 
     got = download(f"{server.url}/weights.bin", destination, size=len(payload), sha256=digest, progress=False)
     assert got == destination and got.read_bytes() == payload
-    assert server.ranges == [None, "bytes=300000-"]
+    assert ranges(server) == [None, "bytes=300000-"]
     assert not partial.exists()
     # Already there and verified: no request at all.
     download(f"{server.url}/weights.bin", destination, size=len(payload), sha256=digest, progress=False)
-    assert len(server.ranges) == 2
+    assert len(ranges(server)) == 2
 
 
 def test_wrong_hash_is_refused_and_nothing_is_kept(server, tmp_path):
@@ -154,7 +103,7 @@ def test_fetch_needs_license_acceptance_for_non_redistributable_weights(server, 
     manual = _entry("manual-model", [{"name": "w.pt", "url": None}], notes="Get it from the authors.")
     monkeypatch.setenv("TSFM_CATALOG", str(_catalog(tmp_path, server, [entry, manual])))
     assert main(["fetch", "nc-model"]) == 2
-    assert "CC-BY-NC-ND-4.0" in capsys.readouterr().err and server.ranges == []
+    assert "CC-BY-NC-ND-4.0" in capsys.readouterr().err and ranges(server) == []
     assert main(["fetch", "manual-model"]) == 2
     assert "no direct download. Get it from the authors." in capsys.readouterr().err
     assert main(["fetch", "nope"]) == 2
@@ -170,3 +119,26 @@ def test_bundled_catalog_lists_the_official_models_and_bundles_nothing_restricte
     assert entries["suprem-unet"].license == "CC-BY-NC-ND-4.0" and not entries["suprem-unet"].redistributable
     bundled = {p.name for p in BUNDLED_MODELS.iterdir()} if BUNDLED_MODELS.is_dir() else set()
     assert not bundled & {e.id for e in entries.values() if not e.redistributable}
+
+
+def test_progress_is_reported_per_chunk_and_should_stop_keeps_the_partial_file(server, tmp_path):
+    payload = bytes(range(256)) * 8192  # 2 MiB: more than one chunk (at most 1 MiB) whatever the socket holds
+    (server.root / "w.bin").write_bytes(payload)
+    destination = tmp_path / "w.bin"
+    seen: list[tuple[int, int | None]] = []
+
+    def stop_after_first_chunk() -> bool:
+        return len(seen) > 1
+
+    with pytest.raises(DownloadCancelled, match=r"cancelled after \d+ bytes; the partial file is kept to resume"):
+        download(f"{server.url}/w.bin", destination, size=len(payload), progress=False,
+                 on_progress=lambda done, total: seen.append((done, total)), should_stop=stop_after_first_chunk)
+    kept = destination.with_name("w.bin.partial").stat().st_size
+    assert seen[0] == (0, len(payload)) and 0 < kept < len(payload) and not destination.exists()
+
+    seen.clear()
+    download(f"{server.url}/w.bin", destination, size=len(payload), progress=False,
+             on_progress=lambda done, total: seen.append((done, total)))
+    assert destination.read_bytes() == payload and ranges(server)[-1] == f"bytes={kept}-"
+    assert seen[0] == (kept, len(payload)) and seen[-1] == (len(payload), len(payload))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
