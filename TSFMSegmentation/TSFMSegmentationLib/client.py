@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import requests
@@ -20,6 +21,7 @@ from .wire import MEDIA_TYPE, WireError, decode_frame, encode_frame, image_diges
 
 API_MAJOR = 1
 DEFAULT_TIMEOUT = (5.0, 600.0)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class BackendError(Exception):
@@ -72,14 +74,26 @@ class BackendClient:
         base_url: scheme, host and port of the server.
         token: bearer token when the server was started with ``--token``.
         timeout: (connect, read) seconds; reads include model work, so keep the second generous.
+        proxy: ``http(s)://host:port`` of an HTTP proxy for both http and https; ignored for a
+            loopback server (a proxy cannot reach this machine's own 127.0.0.1).
+        ca_bundle: PEM file of the certificate authorities to trust for https (a hospital's private
+            CA); None trusts the usual public ones.
     """
 
     def __init__(self, base_url: str, token: str | None = None,
-                 timeout: float | tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+                 timeout: float | tuple[float, float] = DEFAULT_TIMEOUT, proxy: str | None = None,
+                 ca_bundle: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.proxy = None if is_loopback(self.base_url) else (proxy or None)
         self._http = requests.Session()
-        self._http.trust_env = False  # a system proxy must not swallow requests to a local server
+        # The environment's proxy, CA and .netrc settings stay out: a system proxy must not swallow
+        # requests to a local server, and a .netrc entry would replace the bearer token below.
+        self._http.trust_env = False
+        if self.proxy:
+            self._http.proxies = {"http": self.proxy, "https": self.proxy}
+        if ca_bundle:
+            self._http.verify = ca_bundle
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
 
@@ -225,6 +239,14 @@ class BackendClient:
         except requests.Timeout as error:
             raise BackendUnavailable(f"the backend at {self.base_url} did not answer {method} {path} in time "
                                      f"({self.timeout} s): it may be overloaded or stuck") from error
+        except requests.exceptions.ProxyError as error:
+            raise BackendUnavailable(f"cannot reach the backend at {self.base_url} through the proxy "
+                                     f"{without_credentials(self.proxy or '')}: {_root_cause(error)}. Check the "
+                                     "proxy address, or leave it empty for a direct connection.") from error
+        except requests.exceptions.SSLError as error:
+            raise BackendUnavailable(f"the secure connection to {self.base_url} failed: {_root_cause(error)}. "
+                                     "If the server's certificate comes from your institution's own certificate "
+                                     "authority, give that authority's PEM file as the CA bundle.") from error
         except requests.ConnectionError as error:
             raise BackendUnavailable(f"cannot reach the backend at {self.base_url} ({method} {path}): "
                                      f"{_root_cause(error)}. Is the server running and the address right?") from error
@@ -257,6 +279,32 @@ class BackendClient:
         origin = tuple(int(v) for v in header["origin"])
         return origin, mask  # type: ignore[return-value]
 
+    # ---- model catalog and downloads ----------------------------------------------------------------
+    def catalog(self) -> list[dict[str, Any]]:
+        """The models the backend can fetch: [{id, title, kind, family, license, redistributable, homepage,
+        notes, size_bytes (None: unknown), downloadable, installed (in its store), served (in ``models()``)}]."""
+        return self._json("GET", "/v1/catalog")
+
+    def start_download(self, model: str, accept_license: bool = False) -> dict[str, Any]:
+        """Have the backend download and install a catalog model; returns the download's status.
+
+        Asking again while that model downloads answers with the same download. ``accept_license``
+        must be True for weights that may not be redistributed (the user accepted their license).
+        Raises NotFound for an id the catalog does not know (the message lists the known ones) and
+        BackendError with status 409 for a model already served, one without a direct download
+        (import it by hand) or a license not accepted.
+        """
+        body = {"model": model, "accept_license": bool(accept_license)}
+        return self._json("POST", "/v1/downloads", json=body)
+
+    def download_status(self, download_id: str) -> dict[str, Any]:
+        """{download_id, model, state queued|running|done|failed|cancelled, bytes_done, bytes_total, message}."""
+        return self._json("GET", f"/v1/downloads/{download_id}")
+
+    def cancel_download(self, download_id: str) -> dict[str, Any]:
+        """Stop a download within one chunk (the partial file stays for a resume); returns its status."""
+        return self._json("DELETE", f"/v1/downloads/{download_id}")
+
 
 def _error_from(response: requests.Response, method: str, path: str) -> BackendError:
     try:
@@ -273,6 +321,19 @@ def _error_from(response: requests.Response, method: str, path: str) -> BackendE
             retry_after = 2.0
         return ServerBusy(text, status, retry_after)
     return cls(text, status)
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine."""
+    return urlparse(url).hostname in LOOPBACK_HOSTS
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for messages and logs."""
+    parsed = urlparse(url)
+    if not parsed.hostname or "@" not in parsed.netloc:
+        return url
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
 
 
 def _root_cause(error: BaseException) -> str:
