@@ -11,6 +11,13 @@ with the one after the last model write, and when they differ (undo, redo, reset
 touch-up) the server's object is re-seeded from the segment's current voxels. When the server lets
 the session expire (410) or forgets it (404 after a restart), a new session is opened the same way
 and the prompt is sent again.
+
+The segment edited is the one the user picks (``edit_segment``): one made by the automatic model or
+loaded from a file is refined from its own voxels, since its first prompt re-seeds the server with them.
+
+Markups are watched once per node (watching again replaces the observers). A watched ROI is sent when
+its placement ends and when a drag of a handle or of its centre ends; while Slicer is still placing it
+(size 0 after the first of the two clicks) it is skipped without a word.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from .volumes import dicom_modality, image_geometry, image_payload
 
 # DICOM Modality values the backend takes (it normalises MR and PET by percentiles, CT by HU).
 MODALITIES = ("CT", "MR", "PT")
+
+
+class OtherSegmentation(ValueError):
+    """The segment to edit lives in another segmentation node than the editor's: start a new editor on it."""
 
 
 class InteractiveEditor:
@@ -72,7 +83,9 @@ class InteractiveEditor:
         self.segment_id = ""
         self._objects: dict[str, int] = {}
         self._synced: dict[str, str] = {}
-        self._watched: list[tuple[slicer.vtkMRMLMarkupsNode, int]] = []
+        self._watched: list[tuple[slicer.vtkMRMLMarkupsNode, list[int]]] = []
+        self._last_box: dict[int, tuple[str, dict[str, Any], str]] = {}
+        self._first_corner: dict[int, np.ndarray] = {}  # ROI -> its first click while it is being placed
         self._empty_checksum = provenance.mask_checksum(np.zeros((1, 1, 1), np.uint8))
         self._undo: dict[str, list[CropChange]] = {}
         self._redo: dict[str, list[CropChange]] = {}
@@ -120,9 +133,8 @@ class InteractiveEditor:
             return self.client.heartbeat(self.session_id)
 
     def close(self) -> None:
-        for node, tag in self._watched:
-            node.RemoveObserver(tag)
-        self._watched = []
+        for node, _tags in list(self._watched):
+            self.unwatch(node)
         if self.session_id:
             try:
                 self.client.close_session(self.session_id)
@@ -140,12 +152,31 @@ class InteractiveEditor:
         return add_empty_segment(self.segmentation_node, f"segment {number}")
 
     def select_segment(self, segment_id: str) -> None:
-        """Make ``segment_id`` the one clicks edit (each segment is its own object on the server)."""
+        """Make ``segment_id`` the one clicks edit (each segment is its own object on the server).
+
+        A segment that already holds voxels (an automatic result, a loaded label map, a manual drawing)
+        is refined from them: the next prompt first seeds its server object with those voxels.
+        """
         if self.segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
             raise KeyError(f"no segment '{segment_id}' in '{self.segmentation_node.GetName()}'")
         self.segment_id = segment_id
         if segment_id not in self._objects:
             self._objects[segment_id] = max(self._objects.values(), default=0) + 1
+
+    def edit_segment(self, segment_id: str,
+                     segmentation_node: slicer.vtkMRMLSegmentationNode | None = None) -> None:
+        """Switch to an existing segment (e.g. the one selected in the Segment Editor) so that the next
+        clicks correct it instead of starting from scratch.
+
+        Raises ``OtherSegmentation`` when ``segmentation_node`` is not the editor's node (start a new
+        editor on that node), ``KeyError`` when the segment does not exist.
+        """
+        if segmentation_node is not None and segmentation_node is not self.segmentation_node:
+            raise OtherSegmentation(
+                f"segment '{segment_id}' is in segmentation '{segmentation_node.GetName()}', not in "
+                f"'{self.segmentation_node.GetName()}' that the interactive session edits: start the "
+                "session again on that segmentation")
+        self.select_segment(segment_id)
 
     def next_segment(self, name: str | None = None) -> str:
         """Start a new segment (the next clicks build it); returns its id."""
@@ -167,6 +198,7 @@ class InteractiveEditor:
         """Send every point placed in ``point_list`` from now on as one click (its role gives the polarity).
 
         Errors (a click outside the image, a server failure) go to ``on_error``; without one they are raised.
+        Watching a list again replaces its observer (one click is never sent twice).
         """
         def placed(caller, event) -> None:  # noqa: ANN001
             index = caller.GetNumberOfControlPoints() - 1
@@ -177,25 +209,69 @@ class InteractiveEditor:
                     raise
                 on_error(error)
 
-        tag = point_list.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, placed)
-        self._watched.append((point_list, tag))
+        self._observe(point_list, {slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent: placed})
 
     def watch_box(self, roi_node: slicer.vtkMRMLMarkupsROINode,
                   on_error: Callable[[Exception], None] | None = None) -> None:
-        """Send the box each time the ROI is placed or a handle drag ends."""
-        def changed(caller, event) -> None:  # noqa: ANN001
-            if caller.GetNumberOfControlPoints() == 0:
-                return
+        """Send the box when its placement ends and when a drag of one of its handles ends.
+
+        Slicer places an ROI with two clicks; after the first one the ROI has size 0 and is skipped
+        silently, as is a box of zero size along two or three axes. A handle clicked without moving it
+        sends nothing again. Other errors go to ``on_error`` (raised without one). Watching the same ROI
+        again replaces its observers.
+        """
+        def changed(caller, placed: bool) -> None:  # noqa: ANN001
             try:
-                self.box(caller)
+                if placed:
+                    self._note_placement(caller)
+                self._send_box_if_changed(caller)
+            except prompts.BoxNotReady:
+                pass
             except Exception as error:
                 if on_error is None:
                     raise
                 on_error(error)
 
-        for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                      slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent):
-            self._watched.append((roi_node, roi_node.AddObserver(event, changed)))
+        self._observe(roi_node, {
+            slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent: lambda caller, event: changed(caller, True),
+            slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent: lambda caller, event: changed(caller, False)})
+
+    def _note_placement(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> None:
+        """Remember the first click of a placement; at the second, flatten a box drawn on one slice."""
+        defined = roi_node.GetNumberOfDefinedControlPoints()
+        if defined < roi_node.GetRequiredNumberOfControlPoints():
+            if defined == 1:
+                self._first_corner[id(roi_node)] = np.array(roi_node.GetNthControlPointPosition(0), float)
+            return
+        first = self._first_corner.pop(id(roi_node), None)
+        if first is not None:
+            prompts.flatten_if_drawn_on_one_slice(roi_node, first)
+
+    def unwatch(self, node: slicer.vtkMRMLMarkupsNode) -> None:
+        """Stop sending what is placed in ``node`` (a point list or an ROI)."""
+        for watched, tags in list(self._watched):
+            if watched is node:
+                for tag in tags:
+                    watched.RemoveObserver(tag)
+                self._watched.remove((watched, tags))
+        self._last_box.pop(id(node), None)
+        self._first_corner.pop(id(node), None)
+
+    def _observe(self, node: slicer.vtkMRMLMarkupsNode, callbacks: dict[int, Callable]) -> None:
+        self.unwatch(node)
+        self._watched.append((node, [node.AddObserver(event, callback) for event, callback in callbacks.items()]))
+
+    def _send_box_if_changed(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> CropChange | None:
+        """Send the ROI unless it is the box last sent from it and the segment has not changed since."""
+        interaction = prompts.box_interaction(self.geometry, roi_node, self.object_id)
+        last = self._last_box.get(id(roi_node))
+        if last is not None and last[0] == self.segment_id and last[1] == interaction and last[2] and \
+                last[2] == provenance.voxel_checksum(self.segmentation_node, self.segment_id, self.volume_node):
+            return None
+        change = self._send(interaction)
+        self._last_box[id(roi_node)] = (self.segment_id, dict(interaction, object_id=self.object_id),
+                                        self._synced.get(self.segment_id, ""))
+        return change
 
     def box(self, roi_node: slicer.vtkMRMLMarkupsROINode) -> CropChange:
         """The object lies inside this ROI box."""

@@ -290,15 +290,19 @@ class EditSettings:
     mask_mode: a ``vtkMRMLSegmentationNode.EditAllowed*`` value; mask_segment_id for InsideSingleSegment;
     intensity_range: (low, high) of the source volume where editing is allowed, or None;
     overwrite_mode: a ``vtkMRMLSegmentEditorNode.Overwrite*`` value.
+
+    Without a Segment Editor node a write leaves the other segments alone (``OverwriteNone``): a click
+    must never eat into what is already segmented. A node's own settings, whatever they are, win.
     """
 
-    mask_mode: int = 0
+    mask_mode: int = slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere
     mask_segment_id: str = ""
     intensity_range: tuple[float, float] | None = None
-    overwrite_mode: int = 0
+    overwrite_mode: int = slicer.vtkMRMLSegmentEditorNode.OverwriteNone
 
     @classmethod
     def from_editor_node(cls, node: slicer.vtkMRMLSegmentEditorNode | None) -> EditSettings:
+        """The settings ``node`` holds now (what its Segment Editor shows); the defaults without one."""
         if node is None:
             return cls()
         intensity = None

@@ -95,8 +95,8 @@ def test_next_segment_is_a_separate_object_and_reset_is_undoable(editing) -> Non
     assert recorder.sent[-1][0]["object_id"] == 2
     second = segment_voxels(editor)
     assert second.any()
-    # Segment Editor's default overwrites other segments: the first keeps all but the second's voxels.
-    np.testing.assert_array_equal(segment_voxels(editor, first_segment), first & ~second)
+    # Without a Segment Editor node a click leaves the other segments alone.
+    np.testing.assert_array_equal(segment_voxels(editor, first_segment), first)
     record = provenance.describe(editor.segmentation_node, second_segment, volume)
     assert record["model"] == "tiny-click" and record["source"] == "interactive" and len(record["prompts"]) == 1
 
@@ -198,6 +198,7 @@ def test_each_point_placed_in_a_watched_list_is_one_click(editing) -> None:  # n
     negative = prompts.create_prompt_list(prompts.NEGATIVE_ROLE)
     errors: list[Exception] = []
     editor.watch(positive, on_error=errors.append)
+    editor.watch(positive, on_error=errors.append)  # watching again replaces: one click, one prompt
     editor.watch(negative, on_error=errors.append)
     positive.AddControlPoint(*world_of(volume, (15, 50, 60)))
     negative.AddControlPoint(*world_of(volume, (15, 52, 63)))
