@@ -7,11 +7,16 @@ Layout (nnU-Net v2 "raw" format)::
     <dataset>/labelsTr/<case>.nii.gz  uint8 (uint16 beyond 255 labels), on the image's grid
     <dataset>/provenance/<case>.json  per-segment model, prompts, review, edited
 
+Only reviewed labels go into training data: by default a case holds the segments whose review status
+is *accepted*; ``include_unreviewed=True`` adds the pending ones, and rejected segments are never
+exported. Voxels of a segment left out are background in the label map; the case's provenance record
+lists what was left out. A case with nothing to export is refused before anything is written.
+
 Label indices stay consistent across cases: a segment name already in dataset.json keeps its index,
-a new name gets the next free one (so indices stay consecutive, as nnU-Net requires). Rejected
-segments are left out. Image and label carry the volume's world geometry (parent transforms
-hardened). Every file is written to a temporary name in its final folder and renamed, so a crash
-never leaves a half-written case, and an existing case is only replaced with ``overwrite=True``.
+a new name gets the next free one (so indices stay consecutive, as nnU-Net requires). Image and
+label carry the volume's world geometry (parent transforms hardened). Every file is written to a
+temporary name in its final folder and renamed, so a crash never leaves a half-written case, and an
+existing case is only replaced with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from .volumes import image_geometry, numpy_to_vtk_matrix
 
 FILE_ENDING = ".nii.gz"
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
+# The first id a new dataset gets: clear of the low ids public datasets use (the Medical Segmentation
+# Decathlon is 001-010) so an exported dataset can sit beside them in one nnUNet_raw folder.
+FIRST_DATASET_ID = 501
 
 
 class CaseExistsError(FileExistsError):
@@ -41,6 +50,10 @@ class CaseExistsError(FileExistsError):
 
 class DatasetError(ValueError):
     """dataset.json is not an nnU-Net v2 dataset description this export can append to."""
+
+
+class NothingToExportError(ValueError):
+    """The segmentation has no segment the export would write (none accepted, by default)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,39 @@ def dataset_folder(root: str | Path, dataset_id: int, name: str) -> Path:
     if not 1 <= int(dataset_id) <= 999 or not CASE_ID.match(name):
         raise ValueError(f"dataset id must be 1-999 and name alphanumeric, got {dataset_id!r}, {name!r}")
     return Path(root) / f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def default_dataset_folder(documents_dir: str | Path, name: str = "Reviewed", nnunet_raw: str | Path | None = None,
+                           first_id: int = FIRST_DATASET_ID) -> Path:
+    """Where exports go unless the user picks a folder: ``<root>/Dataset<NNN>_<name>``.
+
+    ``root`` is ``nnunet_raw`` when given (the caller passes the ``nnUNet_raw`` environment variable), else
+    ``<documents_dir>/TSFMSegmentation``. A dataset of that name already in ``root`` is reused, so cases
+    accumulate in one dataset; otherwise the id is the lowest from ``first_id`` that no ``Dataset<NNN>_*``
+    folder in ``root`` uses. Nothing is created.
+    """
+    if not CASE_ID.match(name):
+        raise ValueError(f"dataset name {name!r} must be letters, digits, '_' or '-' (it names a folder)")
+    root = Path(nnunet_raw) if nnunet_raw else Path(documents_dir) / "TSFMSegmentation"
+    used: dict[int, str] = {}
+    if root.is_dir():
+        for child in root.iterdir():
+            match = DATASET_FOLDER.match(child.name)
+            if match and child.is_dir():
+                used.setdefault(int(match.group(1)), match.group(2))
+    same_name = sorted(dataset_id for dataset_id, existing in used.items() if existing == name)
+    if same_name:
+        return dataset_folder(root, same_name[0], name)
+    dataset_id = next((i for i in range(int(first_id), 1000) if i not in used), None)
+    if dataset_id is None:
+        raise ValueError(f"no free dataset id from {first_id} to 999 in {root}")
+    return dataset_folder(root, dataset_id, name)
+
+
+def exported_segments(records: list[dict[str, Any]], include_unreviewed: bool = False) -> list[dict[str, Any]]:
+    """The provenance records an export writes: accepted ones, plus pending ones if asked; never rejected."""
+    wanted = {provenance.ACCEPTED, provenance.PENDING} if include_unreviewed else {provenance.ACCEPTED}
+    return [record for record in records if record["status"] in wanted]
 
 
 def label_key(name: str) -> str:
@@ -99,14 +145,28 @@ def export_case(
     channel_name: str = "CT",
     overwrite: bool = False,
     annotator: str = "",
+    include_unreviewed: bool = False,
 ) -> ExportedCase:
     """Write one case (image, label map, provenance) and update dataset.json.
 
-    Raises CaseExistsError if ``case_id`` is already there and ``overwrite`` is False.
+    Exports the accepted segments (and the pending ones with ``include_unreviewed``). Raises
+    NothingToExportError, writing nothing, when there is no such segment, and CaseExistsError if
+    ``case_id`` is already there and ``overwrite`` is False.
     """
     folder = Path(folder)
     if not CASE_ID.match(case_id):
         raise ValueError(f"case id {case_id!r} must be letters, digits, '_' or '-' (it names files)")
+    records = provenance.describe_all(segmentation_node, volume_node)
+    segments = exported_segments(records, include_unreviewed)
+    if not segments:
+        counts = {state: sum(r["status"] == state for r in records) for state in provenance.REVIEW_STATES}
+        summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count) or "no segments"
+        wanted = "accepted or pending" if include_unreviewed else "accepted"
+        raise NothingToExportError(
+            f"nothing to export from '{segmentation_node.GetName()}': no segment is {wanted} ({summary}). "
+            f"Accept the reviewed segments first"
+            + ("" if include_unreviewed else ", or include unreviewed (pending) segments")
+            + f"; nothing was written to {folder}")
     image_path = folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"
     label_path = folder / "labelsTr" / f"{case_id}{FILE_ENDING}"
     record_path = folder / "provenance" / f"{case_id}.json"
@@ -118,8 +178,7 @@ def export_case(
         raise DatasetError(f"{folder / 'dataset.json'} has channels {channels}, this case is {{'0': "
                            f"{channel_name!r}}}")
 
-    segments = [record for record in provenance.describe_all(segmentation_node, volume_node)
-                if record["status"] != provenance.REJECTED]
+    exported_ids = {record["segment_id"] for record in segments}
     labels = merged_labels(description.get("labels", {}), [record["name"] for record in segments])
     label_map = _label_map(segmentation_node, volume_node, segments, labels)
 
@@ -131,6 +190,8 @@ def export_case(
         "case": case_id, "annotator": annotator, "image": volume_node.GetName(),
         "segmentation": segmentation_node.GetName(), "written": provenance.now_iso(),
         "segments": [{**record, "label": labels[label_key(record["name"])]} for record in segments],
+        "left_out": [{key: record[key] for key in ("segment_id", "name", "status", "model")}
+                     for record in records if record["segment_id"] not in exported_ids],
     }
     _write_text_atomically(record_path, json.dumps(case_record, indent=2, sort_keys=True))
     description.update(

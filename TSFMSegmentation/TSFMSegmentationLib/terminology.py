@@ -1,82 +1,127 @@
-"""Standard codes and colours for segment names that models commonly use.
+"""Standard codes, names and colours for the class names models emit.
 
-Model class names ("kidney_left", "Liver", "tumour") are mapped to SNOMED CT codes of the DICOM
-segmentation property categories and types, with the colours of Slicer's general anatomy list, and
-serialized the way Slicer stores a segment's terminology entry (the ``TerminologyEntry`` tag:
-``context~category~type~type modifier~anatomic context~region~region modifier``, each code as
-``scheme^value^meaning``). Names not in the table keep their name and Slicer's automatic colour.
+The codes and colours live in one file, ``Resources/Terminology/SegmentationCategoryTypeModifier-
+TSFMSegmentation.term.json``: a terminology context in Slicer's own format (the dcmqi segment-context
+schema that Slicer's Terminologies module reads), with SNOMED CT categories, types and laterality
+modifiers. Where Slicer's bundled lists (3D Slicer General Anatomy, DICOM master list) hold the same
+structure, the file uses their code meaning, ``3dSlicerLabel`` and ``recommendedDisplayRGBValue``, so
+segments look the same as ones a user codes by hand.
+
+``Resources/Terminology/class-names.json`` maps the class names of common models (TotalSegmentator v1
+and v2, AbdomenAtlas) and lesion words ("tumour", "gtv") to a ``3dSlicerLabel`` of that file. A name
+that already is a label ("liver", "Left kidney") needs no line there. A lesion named after an organ
+("kidney_cyst_left", "liver tumour") gets the lesion's type with the organ as anatomic region.
+
+A segment's entry is stored the way Slicer serialises it (``TerminologyEntry`` tag:
+``context~category~type~type modifier~region context~region~region modifier``, each code as
+``scheme^value^meaning``). Names found nowhere keep their name and Slicer's automatic colour.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources" / "Terminology"
+TERMINOLOGY_FILE = RESOURCES / "SegmentationCategoryTypeModifier-TSFMSegmentation.term.json"
+CLASS_NAMES_FILE = RESOURCES / "class-names.json"
+# The region context Slicer loads by default (AnatomicRegionAndModifier-DICOM-Master).
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-ABNORMAL_STRUCTURE = ("SCT", "49755003", "Morphologically Abnormal Structure")
-LEFT = ("SCT", "7771000", "left")
-RIGHT = ("SCT", "24028007", "right")
-EMPTY = ("", "", "")
 
 Code = tuple[str, str, str]
+
+ANATOMICAL_STRUCTURE: Code = ("SCT", "123037004", "Anatomical Structure")
+ALTERED_STRUCTURE: Code = ("SCT", "49755003", "Morphologically Altered Structure")
+LEFT: Code = ("SCT", "7771000", "Left")
+RIGHT: Code = ("SCT", "24028007", "Right")
+EMPTY: Code = ("", "", "")
+
+
+def _code(item: dict[str, Any]) -> Code:
+    return (item["CodingSchemeDesignator"], item["CodeValue"], item["CodeMeaning"])
+
+
+def _canonical(name: str) -> str:
+    """Lower case, words separated by one space: "Kidney_Left" -> "kidney left"."""
+    return re.sub(r"[_\-\s]+", " ", name.strip().lower()).strip()
 
 
 @dataclass(frozen=True)
 class TerminologyEntry:
-    """A segment's standard meaning: category, type, optional laterality, recommended colour (0-255)."""
+    """A segment's standard meaning: category, type, optional laterality and anatomic region, colour (0-255)."""
 
     display_name: str
     category: Code
     type: Code
     modifier: Code
     rgb: tuple[int, int, int]
+    region: Code = EMPTY
+    region_modifier: Code = EMPTY
 
     def serialized(self) -> str:
+        """The entry exactly as vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry writes it."""
         def code(value: Code) -> str:
             return "^".join(value)
 
         return "~".join([CONTEXT, code(self.category), code(self.type), code(self.modifier),
-                         ANATOMIC_CONTEXT, code(EMPTY), code(EMPTY)])
+                         ANATOMIC_CONTEXT, code(self.region), code(self.region_modifier)])
 
 
-# normalized name -> (category, type code, type meaning, colour)
-_TYPES: dict[str, tuple[Code, str, str, tuple[int, int, int]]] = {
-    "liver": (ANATOMICAL_STRUCTURE, "10200004", "Liver", (221, 130, 101)),
-    "spleen": (ANATOMICAL_STRUCTURE, "78961009", "Spleen", (157, 108, 162)),
-    "kidney": (ANATOMICAL_STRUCTURE, "64033007", "Kidney", (185, 102, 83)),
-    "pancreas": (ANATOMICAL_STRUCTURE, "15776009", "Pancreas", (249, 180, 111)),
-    "stomach": (ANATOMICAL_STRUCTURE, "69695003", "Stomach", (216, 132, 105)),
-    "gallbladder": (ANATOMICAL_STRUCTURE, "28231008", "Gallbladder", (139, 150, 98)),
-    "aorta": (ANATOMICAL_STRUCTURE, "15825003", "Aorta", (224, 97, 76)),
-    "inferior vena cava": (ANATOMICAL_STRUCTURE, "64131007", "Inferior vena cava", (0, 151, 206)),
-    "esophagus": (ANATOMICAL_STRUCTURE, "32849002", "Esophagus", (211, 171, 143)),
-    "adrenal gland": (ANATOMICAL_STRUCTURE, "23451007", "Adrenal gland", (249, 186, 150)),
-    "lung": (ANATOMICAL_STRUCTURE, "39607008", "Lung", (197, 165, 145)),
-    "heart": (ANATOMICAL_STRUCTURE, "80891009", "Heart", (206, 110, 84)),
-    "urinary bladder": (ANATOMICAL_STRUCTURE, "89837001", "Urinary bladder", (222, 154, 132)),
-    "duodenum": (ANATOMICAL_STRUCTURE, "38848004", "Duodenum", (255, 253, 229)),
-    "small intestine": (ANATOMICAL_STRUCTURE, "30315005", "Small intestine", (205, 167, 142)),
-    "colon": (ANATOMICAL_STRUCTURE, "71854001", "Colon", (204, 168, 143)),
-    "spinal cord": (ANATOMICAL_STRUCTURE, "2748008", "Spinal cord", (244, 214, 49)),
-    "brain": (ANATOMICAL_STRUCTURE, "12738006", "Brain", (250, 250, 225)),
-    "prostate": (ANATOMICAL_STRUCTURE, "41216001", "Prostate", (230, 158, 140)),
-    "neoplasm": (ABNORMAL_STRUCTURE, "108369006", "Neoplasm", (230, 80, 60)),
-    "lesion": (ABNORMAL_STRUCTURE, "52988006", "Lesion", (255, 120, 0)),
-}
+def _read_table(terminology_file: Path, class_names_file: Path) -> tuple[str, dict[str, TerminologyEntry],
+                                                                        dict[str, str]]:
+    """(context name, {canonical name: entry}, {canonical class name: canonical label}).
 
+    Every ``3dSlicerLabel`` names its entry; so does every type's code meaning where no label took it
+    ("kidney" is the kidney without laterality, coloured like its left modifier).
+    """
+    document = json.loads(terminology_file.read_text(encoding="utf-8"))
+    entries: dict[str, TerminologyEntry] = {}
+    by_meaning: dict[str, TerminologyEntry] = {}
+    for category in document["SegmentationCodes"]["Category"]:
+        for kind in category.get("Type", []):
+            modifiers = kind.get("Modifier") or []
+            for item in modifiers or [kind]:
+                label = item["3dSlicerLabel"]
+                entries[_canonical(label)] = TerminologyEntry(
+                    display_name=_capitalized(label), category=_code(category), type=_code(kind),
+                    modifier=_code(item) if modifiers else EMPTY, rgb=_rgb(item))
+            colour = kind if "recommendedDisplayRGBValue" in kind else modifiers[0]
+            by_meaning.setdefault(_canonical(kind["CodeMeaning"]), TerminologyEntry(
+                display_name=kind["CodeMeaning"], category=_code(category), type=_code(kind), modifier=EMPTY,
+                rgb=_rgb(colour)))
+    for key, entry in by_meaning.items():
+        entries.setdefault(key, entry)
+    names = json.loads(class_names_file.read_text(encoding="utf-8"))["names"]
+    aliases = {_canonical(name): _canonical(label) for name, label in names.items()}
+    return document["SegmentationCategoryTypeContextName"], entries, aliases
+
+
+def _capitalized(label: str) -> str:
+    return label[:1].upper() + label[1:]
+
+
+def _rgb(item: dict[str, Any]) -> tuple[int, int, int]:
+    red, green, blue = (int(c) for c in item["recommendedDisplayRGBValue"])
+    return red, green, blue
+
+
+CONTEXT, _ENTRIES, _ALIASES = _read_table(TERMINOLOGY_FILE, CLASS_NAMES_FILE)
+
+# Words that name the same structure, for dataset label keys (``normalize``).
 _SYNONYMS = {
-    "tumor": "neoplasm", "tumour": "neoplasm", "gtv": "neoplasm", "mass": "neoplasm",
-    "cancer": "neoplasm", "oesophagus": "esophagus", "gall bladder": "gallbladder",
-    "ivc": "inferior vena cava", "bladder": "urinary bladder", "small bowel": "small intestine",
-    "adrenal": "adrenal gland", "kidneys": "kidney", "lungs": "lung",
+    "tumor": "neoplasm", "tumour": "neoplasm", "gtv": "neoplasm", "cancer": "neoplasm",
+    "oesophagus": "esophagus", "gall bladder": "gallbladder", "ivc": "inferior vena cava",
+    "bladder": "urinary bladder", "small bowel": "small intestine", "adrenal": "adrenal gland",
+    "kidneys": "kidney", "lungs": "lung",
 }
 
 
 def normalize(name: str) -> tuple[str, str]:
     """(structure, side) from a free-form class name: "kidney_left" -> ("kidney", "left")."""
-    words = re.sub(r"[_\-\s]+", " ", name.strip().lower()).split()
+    words = _canonical(name).split()
     side = ""
     for candidate in ("left", "right"):
         if candidate in words:
@@ -86,12 +131,44 @@ def normalize(name: str) -> tuple[str, str]:
     return _SYNONYMS.get(structure, structure), side
 
 
-def lookup(name: str) -> TerminologyEntry | None:
-    """The standard entry for a class name, or None when the structure is not in the table."""
+def _find(name: str) -> TerminologyEntry | None:
+    """The entry a name, its name-table line or its normalized form ("IVC", "Kidney Left") names."""
     structure, side = normalize(name)
-    if structure not in _TYPES:
+    for candidate in (_canonical(name), f"{side} {structure}".strip(), f"{structure} {side}".strip()):
+        label = _ALIASES.get(candidate, candidate)
+        if label in _ENTRIES:
+            return _ENTRIES[label]
+    return None
+
+
+def lookup(name: str) -> TerminologyEntry | None:
+    """The standard entry for a class name, or None when neither the file nor the name table knows it."""
+    entry = _find(name)
+    if entry is not None:
+        return entry
+    # A lesion in an organ: "kidney_cyst_left" -> Cyst, region Kidney, region modifier Left.
+    words = _canonical(name).split()
+    lesions = [(index, found) for index, word in enumerate(words)
+               if (found := _find(word)) is not None and found.category == ALTERED_STRUCTURE]
+    if len(lesions) != 1 or len(words) < 2:
         return None
-    category, value, meaning, rgb = _TYPES[structure]
-    modifier = {"left": LEFT, "right": RIGHT}.get(side, EMPTY)
-    display = f"{side.capitalize()} {meaning.lower()}" if side else meaning
-    return TerminologyEntry(display, category, ("SCT", value, meaning), modifier, rgb)
+    index, lesion = lesions[0]
+    organ = _find(" ".join(words[:index] + words[index + 1:]))
+    if organ is None or organ.category != ANATOMICAL_STRUCTURE:
+        return None
+    organ_label = organ.display_name
+    if organ_label[1:2].islower():  # "Left kidney" -> "left kidney", "L5 vertebra" stays
+        organ_label = organ_label[:1].lower() + organ_label[1:]
+    return replace(lesion, display_name=f"{lesion.display_name} in {organ_label}", region=organ.type,
+                   region_modifier=organ.modifier)
+
+
+def register_with_slicer(terminologies_logic) -> str:  # noqa: ANN001 - vtkSlicerTerminologiesModuleLogic
+    """Load the terminology file into Slicer's Terminologies logic (so its selectors list our context).
+
+    Returns the loaded context name; raises RuntimeError when Slicer refuses the file.
+    """
+    loaded = terminologies_logic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+    if loaded != CONTEXT:
+        raise RuntimeError(f"Slicer could not load the terminology file {TERMINOLOGY_FILE} (got {loaded!r})")
+    return loaded

@@ -1,4 +1,5 @@
-"""nnU-Net v2 export on real MRML: consistent labels across cases, no silent overwrite, nnU-Net's own check."""
+"""nnU-Net v2 export on real MRML: only reviewed segments, consistent labels across cases, no silent
+overwrite, nnU-Net's own check, and the default dataset folder."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ def segmented_case(volume_node, names: dict[int, str]):  # noqa: ANN001, ANN201
     return node, created, labels
 
 
+def accept_all(segmentation_node) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import provenance
+    from TSFMSegmentationLib.segments import segment_ids
+
+    for segment_id in segment_ids(segmentation_node):
+        provenance.set_review(segmentation_node, segment_id, provenance.ACCEPTED, reviewer="test")
+
+
+def folder_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_two_cases_form_a_valid_nnunet_dataset(mini, small_ct_path: Path, shared_data: Path,  # noqa: ANN001
                                               tmp_path: Path) -> None:
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -40,12 +53,14 @@ def test_two_cases_form_a_valid_nnunet_dataset(mini, small_ct_path: Path, shared
     make_oblique(first)
     add_parent_transform(first, rotation("z", 20.0))
     seg1, created1, labels1 = segmented_case(first, {1: "air", 2: "fat", 3: "bone"})
+    accept_all(seg1)
     provenance.set_review(seg1, created1[2], provenance.REJECTED)
     exported = export_case(folder, "case_001", first, seg1)
     assert exported.labels == {"background": 0, "air": 1, "bone": 2}
 
     second = mini_slicer.load_volume(shared_data / "sts" / "STS_001" / "ct.nii.gz", "second")
     seg2, created2, labels2 = segmented_case(second, {1: "Bone", 2: "tumour", 3: "Air"})
+    accept_all(seg2)
     export_case(folder, "case_002", second, seg2)
 
     description = json.loads((folder / "dataset.json").read_text())
@@ -84,6 +99,7 @@ def test_bad_case_id_and_foreign_dataset_are_refused(ct_node, tmp_path: Path) ->
     from TSFMSegmentationLib.export import DatasetError, export_case
 
     segmentation, _, _ = segmented_case(ct_node, {1: "air"})
+    accept_all(segmentation)
     with pytest.raises(ValueError, match="case id '../x'"):
         export_case(tmp_path, "../x", ct_node, segmentation)
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0},
@@ -93,6 +109,79 @@ def test_bad_case_id_and_foreign_dataset_are_refused(ct_node, tmp_path: Path) ->
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
         export_case(tmp_path, "case", ct_node, segmentation)
+
+
+def test_only_accepted_segments_are_exported_unless_unreviewed_ones_are_asked_for(ct_node, tmp_path: Path) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import provenance
+    from TSFMSegmentationLib.export import dataset_folder, export_case
+
+    folder = dataset_folder(tmp_path, 502, "Review")
+    segmentation, created, labels = segmented_case(ct_node, {1: "air", 2: "fat", 3: "bone"})
+    provenance.set_review(segmentation, created[3], provenance.ACCEPTED, reviewer="rad1")
+    provenance.set_review(segmentation, created[2], provenance.REJECTED, reviewer="rad1")  # air stays pending
+
+    case = export_case(folder, "accepted_only", ct_node, segmentation)
+    assert case.labels == {"background": 0, "bone": 1}
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+    np.testing.assert_array_equal(written, (labels == 3).astype(np.uint8))  # pending air is background
+    record = json.loads(case.provenance.read_text())
+    assert [s["name"] for s in record["segments"]] == ["bone"]
+    assert record["segments"][0]["status"] == "accepted" and record["segments"][0]["reviewer"] == "rad1"
+    assert {(s["name"], s["status"]) for s in record["left_out"]} == {("air", "pending"), ("fat", "rejected")}
+
+    with_pending = export_case(folder, "with_pending", ct_node, segmentation, include_unreviewed=True)
+    assert with_pending.labels == {"background": 0, "bone": 1, "air": 2}
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(with_pending.label)))
+    np.testing.assert_array_equal(written == 2, labels == 1)
+    assert not (written[labels == 2] > 0).any()  # rejected fat is never exported
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+
+
+def test_export_without_an_accepted_segment_writes_nothing(ct_node, tmp_path: Path) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib import provenance
+    from TSFMSegmentationLib.export import NothingToExportError, dataset_folder, export_case
+
+    folder = dataset_folder(tmp_path, 503, "Review")
+    segmentation, created, _ = segmented_case(ct_node, {1: "air", 2: "fat", 3: "bone"})
+    with pytest.raises(NothingToExportError, match=r"no segment is accepted \(3 pending\).*include unreviewed"
+                                                   r".*nothing was written"):
+        export_case(folder, "case_1", ct_node, segmentation)
+    assert not folder.exists()
+
+    provenance.set_review(segmentation, created[1], provenance.ACCEPTED)
+    export_case(folder, "case_1", ct_node, segmentation)
+    before = folder_snapshot(folder)
+    for segment_id in created.values():
+        provenance.set_review(segmentation, segment_id, provenance.REJECTED)
+    with pytest.raises(NothingToExportError, match=r"accepted or pending \(3 rejected\)"):
+        export_case(folder, "case_2", ct_node, segmentation, include_unreviewed=True)
+    with pytest.raises(NothingToExportError):
+        export_case(folder, "case_1", ct_node, segmentation, overwrite=True)
+    assert folder_snapshot(folder) == before
+
+
+def test_default_dataset_folder_follows_nnunet_naming(tmp_path: Path) -> None:
+    from TSFMSegmentationLib.export import default_dataset_folder
+
+    documents = tmp_path / "Documents"
+    root = documents / "TSFMSegmentation"
+    assert default_dataset_folder(documents) == root / "Dataset501_Reviewed"
+    assert not root.exists()  # choosing a folder creates nothing
+    (root / "Dataset501_Liver").mkdir(parents=True)
+    (root / "Dataset502_Kidney").mkdir()
+    (root / "Dataset503_notes.txt").write_text("a file, not a dataset")
+    assert default_dataset_folder(documents) == root / "Dataset503_Reviewed"
+    assert default_dataset_folder(documents, "Kidney") == root / "Dataset502_Kidney"  # cases accumulate there
+    raw = tmp_path / "nnUNet_raw"
+    (raw / "Dataset501_Reviewed").mkdir(parents=True)
+    assert default_dataset_folder(documents, nnunet_raw=raw) == raw / "Dataset501_Reviewed"
+    assert default_dataset_folder(documents, "Other", nnunet_raw=str(raw)) == raw / "Dataset502_Other"
+    with pytest.raises(ValueError, match="dataset name"):
+        default_dataset_folder(documents, "../escape")
+    for used in range(501, 1000):
+        (raw / f"Dataset{used:03d}_X{used}").mkdir(exist_ok=True)
+    with pytest.raises(ValueError, match="no free dataset id"):
+        default_dataset_folder(documents, "Full", nnunet_raw=raw)
 
 
 def test_provenance_tracks_model_prompts_review_and_edits(ct_node) -> None:  # noqa: ANN001
@@ -124,6 +213,7 @@ def test_more_than_255_labels_are_written_as_uint16(ct_node, tmp_path: Path) -> 
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": existing,
                                                        "file_ending": ".nii.gz", "numTraining": 0}))
     segmentation, _, labels = segmented_case(ct_node, {1: "air", 2: "structure_7"})
+    accept_all(segmentation)
     case = export_case(tmp_path, "big", ct_node, segmentation)
     assert case.labels["air"] == 300 and case.labels["structure_7"] == 7
     written = sitk.ReadImage(str(case.label))
