@@ -23,17 +23,46 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from TSFMSegmentationLib import export, provenance
-from TSFMSegmentationLib.backend_process import bundled_backend_dirs, can_import_backend
+from TSFMSegmentationLib import export, provenance, terminology
+from TSFMSegmentationLib.backend_process import (
+    MIN_PYTHON,
+    bundled_backend_dirs,
+    is_same_interpreter,
+    probe_backend,
+)
+from TSFMSegmentationLib.install_plan import (
+    TORCH_REQUIREMENT,
+    installed_torch_version,
+    pip_arguments,
+    torch_problem,
+)
 from TSFMSegmentationLib.logic_connection import Connection, describe_info
-from TSFMSegmentationLib.logic_interactive import InteractiveEditor
+from TSFMSegmentationLib.logic_downloads import (
+    ModelDownload,
+    entry_label,
+    needs_license_acceptance,
+    offered_models,
+)
+from TSFMSegmentationLib.logic_interactive import InteractiveEditor, OtherSegmentation
 from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
-from TSFMSegmentationLib.prompts import create_prompt_list
+from TSFMSegmentationLib.prompts import BoxNotReady, create_prompt_list
 from TSFMSegmentationLib.segments import EditSettings
-from TSFMSegmentationLib.selftest import one_click_dice
+from TSFMSegmentationLib.selftest import (
+    MIN_BOX_DICE,
+    MIN_CLICK_DICE,
+    PHANTOM_SPACING_KJI,
+    add_phantom,
+    current_segment_mask,
+    deepest_voxel,
+    dice,
+    lesion_box_world,
+    one_click_dice,
+    place_box,
+)
+from TSFMSegmentationLib.shortcuts import SHORTCUTS
+from TSFMSegmentationLib.volumes import image_geometry
 
 MODULE_DIR = Path(__file__).resolve().parent
-TORCH_REQUIREMENT = ">=2.4"
 
 CITATIONS = """
 <p>Models and methods:</p><ul>
@@ -71,10 +100,16 @@ class TSFMSegmentation(ScriptedLoadableModule):
             "as an nnU-Net v2 dataset for fine-tuning. The backend runs locally (default) or on a remote "
             "GPU server; see the README for the Python scripting API."
         ) + CITATIONS
+        # Slicer's terminology selector then lists our context (classes, lesions) beside its own.
+        slicer.app.connect("startupCompleted()", _registerTerminology)
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer, PyTorch, MONAI and nnU-Net. Model weights keep their own licenses, shown "
             "with each model."
         )
+
+
+def _registerTerminology() -> None:
+    terminology.register_with_slicer(slicer.modules.terminologies.logic())
 
 
 @parameterNodeWrapper
@@ -112,14 +147,30 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
                           onWait=None) -> dict[str, Any]:  # noqa: ANN001
         """Start ``tsfm-backend serve`` on a free loopback port with ``python`` (Slicer's own when empty)."""
         python = python or sys.executable
-        if not can_import_backend(python):
-            raise RuntimeError(f"{python} cannot run the backend (tsfm_backend, fastapi, uvicorn): press "
-                               "'Install backend' for Slicer's Python, or choose an environment that has it")
-        return self.connection.connect_local(python, device, timeoutSeconds, on_wait=onWait)
+        baseEnv = self._environmentFor(python)
+        probe = probe_backend(python, base_env=baseEnv)
+        if not probe.ok:
+            if probe.version is not None and probe.version[:2] < MIN_PYTHON:
+                raise RuntimeError(probe.problem + ". Use Slicer 5.10 or newer, or choose a Python 3.10+ environment.")
+            raise RuntimeError(f"{probe.problem}\nPress 'Install backend' for Slicer's Python, or choose an "
+                               "environment that has tsfm_backend, fastapi and uvicorn.")
+        return self.connection.connect_local(python, device, timeoutSeconds, on_wait=onWait, base_env=baseEnv)
 
-    def connectRemote(self, url: str, token: str = "") -> dict[str, Any]:
-        """Use a backend at ``url``; the token stays in memory only."""
-        return self.connection.connect_remote(url, token or None)
+    @staticmethod
+    def _environmentFor(python: str) -> dict[str, str] | None:
+        """Slicer's own Python keeps Slicer's environment; any other one gets the environment Slicer was
+        started with, without Slicer's PYTHONHOME and PYTHONPATH (which break another interpreter)."""
+        if is_same_interpreter(python):
+            return None
+        try:
+            return slicer.util.startupEnvironment()
+        except AttributeError:  # no application (PythonSlicer, scripts): this environment is the startup one
+            return dict(os.environ)
+
+    def connectRemote(self, url: str, token: str = "", proxy: str = "", caBundle: str = "") -> dict[str, Any]:
+        """Use a backend at ``url``; the token stays in memory only. ``proxy`` (http(s)://host:port) and
+        ``caBundle`` (a PEM file of a hospital's certificate authority) are for networks that need them."""
+        return self.connection.connect_remote(url, token or None, proxy=proxy or None, ca_bundle=caBundle or None)
 
     def testConnection(self) -> dict[str, Any]:
         return self.connection.test_connection()
@@ -138,9 +189,22 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
         """Models the backend serves, optionally only "automatic" or "promptable" ones."""
         return [m for m in self.connection.require().models() if kind is None or m.get("kind") == kind]
 
+    def downloadableModels(self) -> list[dict[str, Any]]:
+        """Catalog entries the backend can download and does not serve yet."""
+        return offered_models(self.connection.require().catalog())
+
+    def startModelDownload(self, modelId: str, acceptLicense: bool = False) -> ModelDownload:
+        """Have the backend download a catalog model; poll or wait on the returned download."""
+        download = ModelDownload(self.connection.require(), modelId, accept_license=acceptLicense)
+        download.start()
+        return download
+
     def installBackend(self, askConfirmation: bool = True) -> None:
-        """Install PyTorch (PyTorch extension, CUDA build matching the driver) and the backend's packages
-        into Slicer's Python. Never pins an exact torch version."""
+        """Install PyTorch (PyTorch extension, CUDA build matching the driver) if it is missing, then the
+        backend's packages into Slicer's Python with the installed torch held as it is."""
+        if sys.version_info[:2] < MIN_PYTHON:
+            raise RuntimeError(f"Slicer's Python {sys.version.split()[0]} is too old for the backend: use Slicer "
+                               "5.10 or newer, or start the backend with an external Python 3.10+ environment")
         try:
             import PyTorchUtils
         except ImportError as error:
@@ -150,11 +214,17 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
             if torchLogic.installTorch(askConfirmation=askConfirmation,
                                        torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch was not installed")
+        torchVersion = installed_torch_version()
+        problem = torch_problem(torchVersion, TORCH_REQUIREMENT)
+        if problem:
+            raise RuntimeError(problem)
         # The backend's own code ships with the module and reaches the server process via PYTHONPATH
         # (backend_process); only its third-party packages are installed here.
         if not bundled_backend_dirs(MODULE_DIR):
             raise RuntimeError(f"the backend package is missing next to {MODULE_DIR}; reinstall the extension")
-        slicer.util.pip_install(["-r", str(MODULE_DIR / "Resources" / "backend-requirements.txt")])
+        # The installed torch (often a CUDA build) is pinned, so no requirement can make pip replace it.
+        slicer.util.pip_install(pip_arguments(MODULE_DIR / "Resources" / "backend-requirements.txt", torchVersion,
+                                              Path(slicer.app.temporaryPath) / "TSFMSegmentation"))
 
     # ---- automatic -------------------------------------------------------------------------------
     def startSegmentation(self, volumeNode, modelId: str, options: dict[str, Any] | None = None) -> AutomaticJob:  # noqa: ANN001
@@ -185,15 +255,27 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
         return self.finishSegmentation(segmentationNode)
 
     # ---- interactive -----------------------------------------------------------------------------
-    def startInteractive(self, volumeNode, modelId: str, segmentationNode=None) -> InteractiveEditor:  # noqa: ANN001
-        """Open a prompt session on ``volumeNode``; clicks then go to ``addPoint``/``setBox``."""
+    def startInteractive(self, volumeNode, modelId: str, segmentationNode=None,  # noqa: ANN001
+                         segmentId: str | None = None) -> InteractiveEditor:
+        """Open a prompt session on ``volumeNode``; clicks then go to ``addPoint``/``setBox``. With
+        ``segmentId`` (an existing segment, e.g. an automatic result) the clicks refine that segment."""
         self.connection.check_upload_allowed()
         if self.editor is not None:
             self.editor.close()
         self.editor = InteractiveEditor(self.connection.require(), volumeNode, modelId, segmentationNode,
                                         settings=self.editSettings, backend=self._backendName())
-        self.editor.start()
+        self.editor.start(segmentId or None)
         return self.editor
+
+    def ensureSegmentEditorNode(self) -> slicer.vtkMRMLSegmentEditorNode:
+        """The embedded Segment Editor's node, made again when it is gone (File > Close Scene removes it).
+        A new one leaves other segments alone: clicks must not overwrite what is already segmented."""
+        node = self.segmentEditorNode
+        if node is None or not slicer.mrmlScene.IsNodePresent(node):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "TSFMSegmentation editor")
+            node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+            self.segmentEditorNode = node
+        return node
 
     def editSettings(self) -> EditSettings:
         """The Segment Editor's masking/overwrite settings in force (defaults when none is set)."""
@@ -237,10 +319,11 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
                               reviewer)
 
     def exportCase(self, datasetFolder: str, caseId: str, volumeNode, segmentationNode,  # noqa: ANN001
-                   overwrite: bool = False, annotator: str = "") -> export.ExportedCase:
-        """Append one case to an nnU-Net v2 raw dataset (raises CaseExistsError unless ``overwrite``)."""
+                   overwrite: bool = False, annotator: str = "", includeUnreviewed: bool = False) -> export.ExportedCase:
+        """Append one case to an nnU-Net v2 raw dataset: the accepted segments only, unless
+        ``includeUnreviewed`` (rejected ones never). Raises CaseExistsError unless ``overwrite``."""
         return export.export_case(datasetFolder, caseId, volumeNode, segmentationNode, overwrite=overwrite,
-                                  annotator=annotator)
+                                  annotator=annotator, include_unreviewed=includeUnreviewed)
 
 
 # ---- Widget ----------------------------------------------------------------------------------------
@@ -250,6 +333,9 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """A view: reads the GUI into Logic calls, shows Logic state. No computation here."""
 
     POLL_MS = 500
+    PROXY_SETTING = "TSFMSegmentation/RemoteProxy"
+    CA_BUNDLE_SETTING = "TSFMSegmentation/RemoteCABundle"
+    EXPORT_FOLDER_SETTING = "TSFMSegmentation/ExportFolder"
     HEARTBEAT_MS = 30000
 
     def __init__(self, parent=None) -> None:  # noqa: ANN001
@@ -260,6 +346,10 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._pollTimer = None
         self._heartbeatTimer = None
+        self._shortcuts: list = []
+        self._downloadTimer = None
+        self._download: ModelDownload | None = None
+        self._catalog: dict[str, dict[str, Any]] = {}
 
     def setup(self) -> None:
         import qt
@@ -271,8 +361,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TSFMSegmentationLogic()
         self.logic.connection.confirm_upload = self._confirmUpload
-        self.logic.segmentEditorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode)
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.ensureSegmentEditorNode())
         self.ui.reviewTable.setHorizontalHeaderLabels([_("Segment"), _("Model"), _("Source"), _("Edited"),
                                                        _("Status")])
         self._pollTimer = qt.QTimer()
@@ -281,6 +370,9 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._heartbeatTimer = qt.QTimer()
         self._heartbeatTimer.setInterval(self.HEARTBEAT_MS)
         self._heartbeatTimer.connect("timeout()", self.onHeartbeat)
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(self.POLL_MS)
+        self._downloadTimer.connect("timeout()", self.onPollDownload)
 
         connections = [
             (self.ui.startBackendButton, self.onStartBackend), (self.ui.testConnectionButton, self.onTestConnection),
@@ -290,17 +382,27 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.resetButton, self.onReset), (self.ui.boxButton, self.onBox),
             (self.ui.acceptButton, lambda: self.onReview(True)), (self.ui.rejectButton, lambda: self.onReview(False)),
             (self.ui.refreshReviewButton, self.updateReviewTable), (self.ui.exportButton, self.onExport),
+            (self.ui.downloadModelButton, self.onDownloadModel),
         ]
         for button, slot in connections:
             button.connect("clicked(bool)", lambda _checked, slot=slot: self._run(slot))
         self.ui.positivePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(True, on)))
         self.ui.negativePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(False, on)))
         self.ui.localRadioButton.connect("toggled(bool)", self.updateBackendControls)
-        for key, slot in (("P", lambda: self.onPlacePoints(True, True)), ("N", lambda: self.onPlacePoints(False, True)),
-                          ("B", self.onBox), ("Ctrl+Alt+Z", self.onUndo), ("Ctrl+Alt+Y", self.onRedo),
-                          ("Ctrl+Alt+N", self.onNextSegment)):
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", lambda slot=slot: self._run(slot))
+        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self.onEditorSegmentChanged)
+        self.ui.segmentEditorWidget.connect("segmentationNodeChanged(vtkMRMLSegmentationNode*)",
+                                            self.onEditorSegmentationChanged)
+        settings = qt.QSettings()
+        # Not Slicer's working folder: a dataset folder in the user's documents (or $nnUNet_raw).
+        self.ui.exportFolderButton.directory = settings.value(self.EXPORT_FOLDER_SETTING, "") or str(
+            export.default_dataset_folder(slicer.app.defaultScenePath, nnunet_raw=os.environ.get("nnUNet_raw")))
+        self.ui.proxyLineEdit.text = settings.value(self.PROXY_SETTING, "")
+        self.ui.caBundlePathLineEdit.currentPath = settings.value(self.CA_BUNDLE_SETTING, "")
+        if sys.version_info[:2] < MIN_PYTHON:
+            self.ui.backendStatusLabel.text = _(
+                "This Slicer's Python ({version}) is too old for the local backend: use Slicer 5.10 or newer, "
+                "choose an external Python 3.10+ environment, or connect to a remote backend.").format(
+                version=sys.version.split()[0])
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -313,21 +415,48 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self._pollTimer.stop()
         self._heartbeatTimer.stop()
+        self._downloadTimer.stop()
+        self.uninstallShortcuts()
         self.removeObservers()
         self.logic.stopBackend()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.installShortcuts()
 
     def exit(self) -> None:
+        self.uninstallShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+
+    def installShortcuts(self) -> None:
+        """Our keys and the embedded Segment Editor's, on the main window while the module is shown."""
+        import qt
+
+        self.uninstallShortcuts()
+        actions = {"positive_points": lambda: self.onPlacePoints(True, True),
+                   "negative_points": lambda: self.onPlacePoints(False, True), "box": self.onBox,
+                   "undo": self.onUndo, "redo": self.onRedo, "next_segment": self.onNextSegment}
+        for action, key in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda slot=actions[action]: self._run(slot))
+            self._shortcuts.append(shortcut)
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+
+    def uninstallShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._shortcuts = []
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
 
     def onSceneStartClose(self, caller, event) -> None:  # noqa: ANN001
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:  # noqa: ANN001
+        # Closing the scene removed the embedded editor's node with everything else.
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.ensureSegmentEditorNode())
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -349,7 +478,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.pythonPathLineEdit, self.ui.deviceComboBox, self.ui.startBackendButton,
                        self.ui.installBackendButton):
             widget.enabled = local
-        for widget in (self.ui.remoteUrlLineEdit, self.ui.tokenLineEdit):
+        for widget in (self.ui.remoteUrlLineEdit, self.ui.tokenLineEdit, self.ui.proxyLineEdit,
+                       self.ui.caBundlePathLineEdit):
             widget.enabled = not local
 
     def onInstallBackend(self) -> None:
@@ -358,18 +488,31 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStartBackend(self) -> None:
         self.ui.backendStatusLabel.text = _("Starting the local backend...")
-        self.logic.startLocalBackend(self.ui.pythonPathLineEdit.currentPath, self.ui.deviceComboBox.currentText,
-                                     onWait=lambda elapsed: slicer.app.processEvents())
+        # The wait keeps the GUI alive; a second press meanwhile would start a second server.
+        self.ui.startBackendButton.enabled = False
+        try:
+            self.logic.startLocalBackend(self.ui.pythonPathLineEdit.currentPath, self.ui.deviceComboBox.currentText,
+                                         onWait=lambda elapsed: slicer.app.processEvents())
+        finally:
+            self.ui.startBackendButton.enabled = self.ui.localRadioButton.checked
         self.onTestConnection()
 
     def onTestConnection(self) -> None:
         if not self.ui.localRadioButton.checked:
-            self.logic.connectRemote(self._parameterNode.remoteUrl, self.ui.tokenLineEdit.text)
+            import qt
+
+            proxy, caBundle = self.ui.proxyLineEdit.text.strip(), self.ui.caBundlePathLineEdit.currentPath
+            self.logic.connectRemote(self._parameterNode.remoteUrl, self.ui.tokenLineEdit.text, proxy, caBundle)
+            # Network settings belong to this computer, not to the scene (a proxy URL may hold a password).
+            settings = qt.QSettings()
+            settings.setValue(self.PROXY_SETTING, proxy)
+            settings.setValue(self.CA_BUNDLE_SETTING, caBundle)
         summary, warning = self.logic.backendSummary()
         self.ui.backendStatusLabel.text = _("Connected: ") + summary
         self.ui.cpuWarningLabel.text = warning
         self._fillModels(self.ui.automaticModelComboBox, "automatic")
         self._fillModels(self.ui.interactiveModelComboBox, "promptable")
+        self._fillCatalog()
 
     def _fillModels(self, combo, kind: str) -> None:  # noqa: ANN001
         import qt
@@ -381,6 +524,74 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               qt.Qt.ToolTipRole)
             if model.get("default"):
                 combo.setCurrentIndex(combo.count - 1)
+
+    def _fillCatalog(self) -> None:
+        import qt
+
+        combo = self.ui.downloadModelComboBox
+        combo.clear()
+        try:
+            entries = self.logic.downloadableModels()
+        except Exception as error:  # an older backend without a catalog: say so, keep the rest working
+            entries = []
+            self.ui.downloadStatusLabel.text = _("No model catalog: {error}").format(error=error)
+        self._catalog = {entry["id"]: entry for entry in entries}
+        for entry in entries:
+            combo.addItem(entry_label(entry), entry["id"])
+            combo.setItemData(combo.count - 1, entry.get("notes") or entry.get("homepage") or "", qt.Qt.ToolTipRole)
+        self.ui.downloadModelButton.enabled = bool(entries)
+        if not entries and not self.ui.downloadStatusLabel.text:
+            self.ui.downloadStatusLabel.text = _("Every model of the catalog is installed.")
+        elif entries and self.ui.automaticModelComboBox.count == 0:
+            self.ui.downloadStatusLabel.text = _("No automatic model yet: download one here.")
+
+    def onDownloadModel(self) -> None:
+        if self._downloadTimer.isActive():
+            self._download.cancel()
+            self.ui.downloadModelButton.enabled = False
+            self.ui.downloadStatusLabel.text = _("Cancelling...")
+            return
+        entry = self._catalog.get(self.ui.downloadModelComboBox.currentData)
+        if entry is None:
+            return
+        accept = False
+        if needs_license_acceptance(entry):
+            accept = slicer.util.confirmYesNoDisplay(
+                _("{model} is published under {license} ({homepage}). Do you accept its license?").format(
+                    model=entry["id"], license=entry.get("license", "?"), homepage=entry.get("homepage", "")))
+            if not accept:
+                return
+        self._download = self.logic.startModelDownload(entry["id"], acceptLicense=accept)
+        self.ui.downloadModelButton.text = _("Cancel")
+        self.ui.downloadModelComboBox.enabled = False
+        self.ui.downloadProgressBar.value = 0
+        self.ui.downloadProgressBar.visible = True
+        self._downloadTimer.start()
+
+    def onPollDownload(self) -> None:
+        try:
+            status = self._download.poll()
+        except Exception as error:
+            status = None
+            slicer.util.errorDisplay(str(error))
+        if status is not None:
+            self.ui.downloadProgressBar.value = int(1000 * status.fraction)
+            self.ui.downloadStatusLabel.text = status.message
+            if not status.finished:
+                return
+        self._downloadTimer.stop()
+        self.ui.downloadModelButton.text = _("Download")
+        self.ui.downloadModelButton.enabled = True
+        self.ui.downloadModelComboBox.enabled = True
+        self.ui.downloadProgressBar.visible = False
+        if status is None:
+            return
+        if status.succeeded:
+            self.onTestConnection()
+        elif status.state == "cancelled":
+            self.ui.downloadStatusLabel.text = _("Cancelled; Download again resumes where it stopped.")
+        else:
+            slicer.util.errorDisplay(status.message)
 
     def _confirmUpload(self, url: str) -> bool:
         return slicer.util.confirmYesNoDisplay(
@@ -424,9 +635,13 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- interactive -----------------------------------------------------------------------------
     def onStartInteractive(self) -> None:
+        # Clicks refine the segment selected in the Segment Editor, when it belongs to the output.
+        editorWidget, segmentation = self.ui.segmentEditorWidget, self._parameterNode.outputSegmentation
+        current = editorWidget.currentSegmentID() if segmentation is not None and \
+            editorWidget.segmentationNode() is segmentation else ""
         editor = self.logic.startInteractive(self._parameterNode.inputVolume,
-                                             self.ui.interactiveModelComboBox.currentText,
-                                             self._parameterNode.outputSegmentation)
+                                             self.ui.interactiveModelComboBox.currentText, segmentation,
+                                             current or None)
         self._parameterNode.outputSegmentation = editor.segmentation_node
         self.ui.segmentEditorWidget.setSegmentationNode(editor.segmentation_node)
         self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
@@ -436,7 +651,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 setattr(self._parameterNode, attribute, create_prompt_list(role))
             editor.watch(getattr(self._parameterNode, attribute), on_error=self.onPromptError)
         self._heartbeatTimer.start()
-        self.ui.interactiveStatusLabel.text = _("Place points (P / N) or a box (B).")
+        self.ui.interactiveStatusLabel.text = _("Place points (P / N) or a box (Shift+B).")
 
     def onPlacePoints(self, positive: bool, on: bool = True) -> None:
         node = self._parameterNode.positivePoints if positive else self._parameterNode.negativePoints
@@ -451,27 +666,62 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
             slicer.vtkMRMLInteractionNode.Place if on else slicer.vtkMRMLInteractionNode.ViewTransform)
 
+    def onEditorSegmentChanged(self, segmentId: str) -> None:
+        """The user picked another segment in the Segment Editor: the next prompts refine that one."""
+        editor = self.logic.editor
+        if editor is None or not segmentId or segmentId == editor.segment_id:
+            return
+        try:
+            editor.edit_segment(segmentId, self.ui.segmentEditorWidget.segmentationNode())
+        except OtherSegmentation:
+            self.onEditorSegmentationChanged(self.ui.segmentEditorWidget.segmentationNode())
+            return
+        self._clearPromptPoints()
+
+    def onEditorSegmentationChanged(self, node) -> None:  # noqa: ANN001
+        """Another segmentation chosen in the Segment Editor: restart the session on it."""
+        editor = self.logic.editor
+        if editor is None or node is None or node is editor.segmentation_node:
+            return
+        self._parameterNode.outputSegmentation = node
+        self.onStartInteractive()
+
+    def _clearPromptPoints(self) -> None:
+        for node in (self._parameterNode.positivePoints, self._parameterNode.negativePoints):
+            if node is not None:
+                node.RemoveAllControlPoints()
+
     def onPromptError(self, error: Exception) -> None:
         slicer.util.errorDisplay(_("The click could not be used: {error}").format(error=error))
 
     def onBox(self) -> None:
-        """Place a box (ROI); placing it and each handle drag afterwards send it."""
+        """Draw a box: two clicks on one slice give a rectangle on that slice (a 2D box); dragging its
+        handles afterwards sends it again. A box already placed is sent as it is."""
         editor = self.logic.editor
         if editor is None:
             raise RuntimeError(_("Press Start in the Interactive section first."))
         roi = self._parameterNode.boxRoi
-        if roi is None:
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
-            self._parameterNode.boxRoi = roi
+        if roi is not None and roi.GetNumberOfControlPoints() > 0:
+            try:
+                editor.watch_box(roi, on_error=self.onPromptError)
+                self.logic.setBox(roi)
+                return
+            except BoxNotReady:
+                pass  # half placed or collapsed: draw a new one
+        if roi is not None:
+            # A placed ROI keeps needing one point after its points are removed: it cannot be drawn again.
+            editor.unwatch(roi)
+            slicer.mrmlScene.RemoveNode(roi)
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
+        roi.CreateDefaultDisplayNodes()  # Slicer places no markup without a display node
+        self._parameterNode.boxRoi = roi
         editor.watch_box(roi, on_error=self.onPromptError)
-        if roi.GetNumberOfControlPoints() > 0:
-            self.logic.setBox(roi)
-            return
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
         selection.SetActivePlaceNodeID(roi.GetID())
-        slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
-            slicer.vtkMRMLInteractionNode.Place)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetPlaceModePersistence(0)  # else a click after the box starts another, unwatched ROI
+        interaction.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.Place)
 
     def onUndo(self) -> None:
         self.logic.undo()
@@ -482,9 +732,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNextSegment(self) -> None:
         segmentId = self.logic.nextSegment()
         self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
-        for node in (self._parameterNode.positivePoints, self._parameterNode.negativePoints):
-            if node is not None:
-                node.RemoveAllControlPoints()
+        self._clearPromptPoints()
 
     def onReset(self) -> None:
         self.logic.resetSegment()
@@ -517,6 +765,8 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateReviewTable()
 
     def onExport(self) -> None:
+        import qt
+
         folder = self.ui.exportFolderButton.directory
         caseId = self._parameterNode.caseId
         volume, segmentation = self._parameterNode.inputVolume, self._parameterNode.outputSegmentation
@@ -526,6 +776,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not slicer.util.confirmYesNoDisplay(str(error) + "\n\n" + _("Replace it?")):
                 return
             case = self.logic.exportCase(folder, caseId, volume, segmentation, overwrite=True)
+        qt.QSettings().setValue(self.EXPORT_FOLDER_SETTING, folder)
         self.ui.exportStatusLabel.text = _("Wrote {image} and {label}").format(image=case.image.name,
                                                                              label=case.label.name)
 
@@ -534,12 +785,17 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class TSFMSegmentationTest(ScriptedLoadableModuleTest):
-    """Loads a real CT, starts the local backend, clicks once on the tumour and checks the Dice.
+    """Runs in an installed Slicer with nothing beside it, then on a real case when one is at hand.
 
-    Data: $TSFM_SELFTEST_CASE (a folder with ct.nii.gz and mask.nii.gz), else the soft-tissue sarcoma
-    case STS_005 of the project's shared data beside a source checkout (held out from the bundled click
-    model's training). Model: $TSFM_SELFTEST_MODEL or the first promptable model the backend serves.
-    Minimum Dice: $TSFM_SELFTEST_MIN_DICE (0.5).
+    1. Through the module's own buttons, on a generated CT-like phantom with a lesion of known shape
+       (``TSFMSegmentationLib.selftest``): install the backend when Slicer's Python lacks it, start it,
+       check the default interactive model is selected, click the lesion (Dice against the phantom's
+       lesion), undo, draw a 2D box on one slice (Dice), accept the segment, export it; and, when the
+       backend serves an automatic model, Segment then Cancel.
+    2. One click on a real tumour: $TSFM_SELFTEST_CASE (a folder with ct.nii.gz and mask.nii.gz), else
+       the soft-tissue sarcoma STS_005 of the project's shared data beside a source checkout (skipped when
+       neither exists). Model: $TSFM_SELFTEST_MODEL or the default; minimum Dice
+       $TSFM_SELFTEST_MIN_DICE (0.5).
     """
 
     def setUp(self) -> None:
@@ -547,7 +803,80 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         self.setUp()
+        self.test_widget_workflow_on_the_phantom()
+        self.setUp()
         self.test_click_segments_the_tumour()
+
+    def test_widget_workflow_on_the_phantom(self) -> None:
+        import tempfile
+
+        import qt
+
+        volume, lesion = add_phantom()
+        slicer.util.selectModule("TSFMSegmentation")
+        widget = slicer.modules.tsfmsegmentation.widgetRepresentation().self()
+        ui, logic = widget.ui, widget.logic
+        widget._parameterNode.inputVolume = volume
+        ui.localRadioButton.checked = True
+        if not probe_backend(sys.executable).ok:
+            self.delayDisplay("Installing the backend into Slicer's Python")
+            logic.installBackend(askConfirmation=False)
+        ui.startBackendButton.click()
+        self.assertIsNotNone(logic.connection.client, ui.backendStatusLabel.text)
+        try:
+            defaults = [model["id"] for model in logic.models("promptable") if model.get("default")]
+            self.assertEqual(ui.interactiveModelComboBox.currentText, defaults[0])
+
+            ui.startInteractiveButton.click()
+            editor = logic.editor
+            self.assertIsNotNone(editor, "Start did not open an interactive session")
+            k, j, i = deepest_voxel(lesion, PHANTOM_SPACING_KJI)
+            widget._parameterNode.positivePoints.AddControlPoint(
+                *image_geometry(volume).ijk_to_world_points([[i, j, k]])[0])
+            clickDice = dice(current_segment_mask(editor), lesion)
+            self.delayDisplay(f"Dice after one click with {defaults[0]}: {clickDice:.3f}")
+            self.assertGreaterEqual(clickDice, MIN_CLICK_DICE)
+            ui.undoButton.click()
+            self.assertFalse(current_segment_mask(editor).any(), "Undo did not empty the segment")
+
+            ui.nextSegmentButton.click()
+            ui.boxButton.click()  # a new ROI in place mode; here it is put where two clicks would put it
+            roi = widget._parameterNode.boxRoi
+            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+                slicer.vtkMRMLInteractionNode.ViewTransform)
+            place_box(roi, *lesion_box_world(volume, lesion, on_one_slice=True))
+            ui.boxButton.click()  # a placed box is sent as it is
+            boxDice = dice(current_segment_mask(editor), lesion)
+            self.delayDisplay(f"Dice after a 2D box: {boxDice:.3f}")
+            self.assertGreaterEqual(boxDice, MIN_BOX_DICE)
+
+            widget.updateReviewTable()
+            rows = [row for row in range(ui.reviewTable.rowCount)
+                    if ui.reviewTable.item(row, 0).data(qt.Qt.UserRole) == editor.segment_id]
+            self.assertEqual(len(rows), 1)
+            ui.reviewTable.selectRow(rows[0])
+            ui.acceptButton.click()
+            folder = Path(tempfile.mkdtemp()) / "Dataset999_SelfTest"
+            ui.exportFolderButton.directory = str(folder)
+            widget._parameterNode.caseId = "phantom"
+            ui.exportButton.click()
+            self.assertTrue((folder / "labelsTr" / f"phantom{export.FILE_ENDING}").is_file(), ui.exportStatusLabel.text)
+
+            if ui.automaticModelComboBox.count:
+                ui.segmentButton.click()
+                self.assertTrue(widget._pollTimer.isActive(), ui.jobStatusLabel.text)
+                ui.segmentButton.click()  # Cancel
+                for _step in range(600):
+                    if not widget._pollTimer.isActive():
+                        break
+                    slicer.app.processEvents()
+                    qt.QThread.msleep(50)
+                self.assertIn("cancel", ui.jobStatusLabel.text.lower())
+            else:
+                self.delayDisplay("No automatic model installed: Segment and Cancel not tested")
+        finally:
+            logic.stopBackend()
+        self.delayDisplay("Workflow test passed")
 
     def _case_folder(self) -> Path:
         default = MODULE_DIR.parent.parent / "shared" / "data" / "sts" / "STS_005"
@@ -565,7 +894,8 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
         try:
             models = logic.models("promptable")
             self.assertTrue(models, "the backend serves no promptable model")
-            model = os.environ.get("TSFM_SELFTEST_MODEL", models[0]["id"])
+            default = next((m["id"] for m in models if m.get("default")), models[0]["id"])
+            model = os.environ.get("TSFM_SELFTEST_MODEL", default)
             score = one_click_dice(logic, volume, reference, model)
             self.delayDisplay(f"Dice after one click with {model}: {score:.3f}")
             self.assertGreaterEqual(score, float(os.environ.get("TSFM_SELFTEST_MIN_DICE", "0.5")))

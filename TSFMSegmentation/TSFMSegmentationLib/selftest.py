@@ -69,3 +69,61 @@ def one_click_dice(logic, volume_node, reference: np.ndarray, model: str,  # noq
     if after_undo.any():
         raise AssertionError("undo did not empty the segment")
     return score
+
+
+# A CT-like phantom with a hypodense lesion in an organ: generated, so the self-test needs no data
+# beside the module and knows the exact reference. Values in HU, spacing in mm (K, J, I).
+PHANTOM_SHAPE_KJI = (64, 160, 160)
+PHANTOM_SPACING_KJI = (2.5, 1.5, 1.5)
+
+
+def phantom_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 image (K, J, I) in HU, bool lesion mask): air, a body, an organ, a lesion 5 HU in the
+    60 HU organ (about 4300 voxels), a bone, Gaussian noise of 12 HU."""
+    k, j, i = np.meshgrid(*(np.arange(n) * s for n, s in zip(PHANTOM_SHAPE_KJI, PHANTOM_SPACING_KJI, strict=True)),
+                          indexing="ij")
+    image = np.full(PHANTOM_SHAPE_KJI, -1000.0, np.float32)
+    image[((j - 120) / 100) ** 2 + ((i - 120) / 110) ** 2 <= 1] = 30.0
+    image[((k - 80) / 45) ** 2 + ((j - 110) / 50) ** 2 + ((i - 150) / 55) ** 2 <= 1] = 60.0
+    lesion = ((k - 85) / 18) ** 2 + ((j - 105) / 16) ** 2 + ((i - 160) / 20) ** 2 <= 1
+    image[lesion] = 5.0
+    image[((j - 200) / 14) ** 2 + ((i - 120) / 14) ** 2 <= 1] = 500.0
+    image += np.random.default_rng(seed).normal(0.0, 12.0, image.shape).astype(np.float32)
+    return np.round(image).astype(np.int16), lesion
+
+
+def add_phantom(name: str = "TSFM self-test phantom") -> tuple[slicer.vtkMRMLScalarVolumeNode, np.ndarray]:
+    """The phantom as a volume node in the scene (RAS axes, the phantom's spacing) and its lesion mask."""
+    image, lesion = phantom_arrays()
+    ijk_to_ras = np.diag([*reversed(PHANTOM_SPACING_KJI), 1.0])
+    return slicer.util.addVolumeFromArray(image, ijk_to_ras, name), lesion
+
+
+def lesion_box_world(volume_node, reference: np.ndarray, on_one_slice: bool) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(center, size) in world RAS mm of the box around ``reference``: a 3D box, or a rectangle (size 0
+    along K) on the slice where the reference is largest, as a user draws one."""
+    inside = np.argwhere(reference)
+    low, high = inside.min(0).astype(float), inside.max(0).astype(float)
+    if on_one_slice:
+        low[0] = high[0] = float(np.argmax(reference.sum(axis=(1, 2))))
+    geometry = image_geometry(volume_node)
+    corners = geometry.ijk_to_world_points([[low[2], low[1], low[0]], [high[2], high[1], high[0]]])
+    return (corners[0] + corners[1]) / 2.0, np.abs(corners[1] - corners[0])
+
+
+# What the self-test requires of the default model on the phantom (it measures about 0.53 and 0.66):
+# far above what a wrong geometry or a broken model gives (near 0), below what the model reaches.
+MIN_CLICK_DICE = 0.4
+MIN_BOX_DICE = 0.5
+
+
+def place_box(roi_node, centre_ras: np.ndarray, size_mm: np.ndarray) -> None:  # noqa: ANN001
+    """Put a placed ROI (one defined centre point, as after Slicer's two-click placement) at ``centre_ras``."""
+    roi_node.SetCenterWorld(*(float(v) for v in centre_ras))
+    roi_node.SetSize(*(float(v) for v in size_mm))
+
+
+def current_segment_mask(editor) -> np.ndarray:  # noqa: ANN001
+    """bool (K, J, I): the segment the interactive editor is editing, on its volume's grid."""
+    return slicer.util.arrayFromSegmentBinaryLabelmap(editor.segmentation_node, editor.segment_id,
+                                                      editor.volume_node) > 0

@@ -37,7 +37,7 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     It serves a tiny automatic model ("tiny-organs") and a tiny promptable one ("tiny-click"), both
     with random weights for plumbing and geometry tests, and the bundled click model
-    ("sts-click-small") for the one accuracy check.
+    ("sts-click-small") and the default ("universal-click-small") for the accuracy checks.
     """
     from support.live_server import save_click_model
     from support.tiny_models import save_tiny_model
@@ -49,7 +49,8 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     save_tiny_model(home / "models" / "tiny-organs", model_id="tiny-organs", classes=ORGAN_CLASSES,
                     spacing=(3.0, 3.0, 3.0))
     save_click_model(home / "models" / "tiny-click", model_id="tiny-click")
-    backend = LocalBackend(python=sys.executable, device="cpu", extra_args=["--models", "tiny-organs", "tiny-click", "sts-click-small"],
+    backend = LocalBackend(python=sys.executable, device="cpu", extra_args=["--models", "tiny-organs", "tiny-click", "sts-click-small",
+                                                                          "universal-click-small"],
                            env={"TSFM_HOME": str(home), "OMP_NUM_THREADS": "1"})
     backend.start(timeout_s=120)
     yield backend

@@ -19,8 +19,10 @@ def test_module_logic_reports_device_and_models(logic) -> None:  # noqa: ANN001
     assert summary.startswith("CPU") and "torch" in summary
     assert "CPU" in warning
     models = logic.models()
-    assert sorted(m["id"] for m in models) == ["sts-click-small", "tiny-click", "tiny-organs"]
-    assert sorted(m["id"] for m in logic.models(kind="promptable")) == ["sts-click-small", "tiny-click"]
+    assert sorted(m["id"] for m in models) == ["sts-click-small", "tiny-click", "tiny-organs",
+                                               "universal-click-small"]
+    assert sorted(m["id"] for m in logic.models(kind="promptable")) == ["sts-click-small", "tiny-click",
+                                                                        "universal-click-small"]
 
 
 def test_automatic_round_trip_on_oblique_transformed_ct_is_exact(logic, small_ct_path: Path) -> None:  # noqa: ANN001

@@ -85,16 +85,22 @@ def test_local_backend_launcher_reports_a_failing_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.slicer
-def test_module_metadata_cites_the_seed_papers_and_the_data() -> None:
+def test_module_metadata_cites_the_seed_papers_and_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
+    import slicer
     from support import mini_slicer
 
     mini_slicer.install_stand_ins()
     from TSFMSegmentation import TSFMSegmentation
 
+    connected = []
+    # The application object is absent here; the module only asks it to call back at start-up.
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(connect=lambda *args: connected.append(args)),
+                        raising=False)
     parent = types.SimpleNamespace()
     TSFMSegmentation(parent)
+    assert [signal for signal, _slot in connected] == ["startupCompleted()"]
     assert parent.title and parent.categories == ["Segmentation"] and parent.contributors
     for reference in ("2304.06716", "2403.06396", "2306.16925", "ICLR 2024", "2306.13465",
                       "10.7937/K9/TCIA.2015.7GO2GSKS", "TotalSegmentator"):
