@@ -180,9 +180,7 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
         return describe_info(self.connection.test_connection())
 
     def stopBackend(self) -> None:
-        if self.editor is not None:
-            self.editor.close()
-            self.editor = None
+        self.closeInteractive()
         self.connection.disconnect()
 
     def models(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -277,6 +275,12 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
             self.segmentEditorNode = node
         return node
 
+    def closeInteractive(self) -> None:
+        """End the prompt session (its server session too); the segments stay as they are."""
+        if self.editor is not None:
+            self.editor.close()
+            self.editor = None
+
     def editSettings(self) -> EditSettings:
         """The Segment Editor's masking/overwrite settings in force (defaults when none is set)."""
         return EditSettings.from_editor_node(self.segmentEditorNode)
@@ -350,6 +354,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._downloadTimer = None
         self._download: ModelDownload | None = None
         self._catalog: dict[str, dict[str, Any]] = {}
+        self._settingEditor = False  # True while this module itself changes the embedded Segment Editor
 
     def setup(self) -> None:
         import qt
@@ -389,9 +394,11 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.positivePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(True, on)))
         self.ui.negativePointButton.connect("clicked(bool)", lambda on: self._run(lambda: self.onPlacePoints(False, on)))
         self.ui.localRadioButton.connect("toggled(bool)", self.updateBackendControls)
-        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self.onEditorSegmentChanged)
+        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)",
+                                            lambda segmentId: self._run(lambda: self.onEditorSegmentChanged(segmentId)))
         self.ui.segmentEditorWidget.connect("segmentationNodeChanged(vtkMRMLSegmentationNode*)",
-                                            self.onEditorSegmentationChanged)
+                                            lambda node: self._run(lambda: self.onEditorSegmentationChanged(node)))
+        self.ui.downloadProgressBar.visible = False  # shown while a download runs
         settings = qt.QSettings()
         # Not Slicer's working folder: a dataset folder in the user's documents (or $nnUNet_raw).
         self.ui.exportFolderButton.directory = settings.value(self.EXPORT_FOLDER_SETTING, "") or str(
@@ -425,6 +432,9 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.installShortcuts()
 
     def exit(self) -> None:
+        # As Slicer's Segment Editor module does: no effect keeps handling the views of other modules.
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         self.uninstallShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -453,6 +463,12 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:  # noqa: ANN001
         self.setParameterNode(None)
+        # As Slicer's Segment Editor module does (this also ends the active effect).
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
+        # The session's volume and segmentation go with the scene.
+        self._heartbeatTimer.stop()
+        self.logic.closeInteractive()
 
     def onSceneEndClose(self, caller, event) -> None:  # noqa: ANN001
         # Closing the scene removed the embedded editor's node with everything else.
@@ -639,13 +655,19 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editorWidget, segmentation = self.ui.segmentEditorWidget, self._parameterNode.outputSegmentation
         current = editorWidget.currentSegmentID() if segmentation is not None and \
             editorWidget.segmentationNode() is segmentation else ""
-        editor = self.logic.startInteractive(self._parameterNode.inputVolume,
-                                             self.ui.interactiveModelComboBox.currentText, segmentation,
-                                             current or None)
-        self._parameterNode.outputSegmentation = editor.segmentation_node
-        self.ui.segmentEditorWidget.setSegmentationNode(editor.segmentation_node)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
-        self.ui.segmentEditorWidget.setCurrentSegmentID(editor.segment_id)
+        # The Segment Editor selects a segmentation added to the scene and then its first segment on its
+        # own; those are not the user's choice and must not redirect the session being set up here.
+        self._settingEditor = True
+        try:
+            editor = self.logic.startInteractive(self._parameterNode.inputVolume,
+                                                 self.ui.interactiveModelComboBox.currentText, segmentation,
+                                                 current or None)
+            self._parameterNode.outputSegmentation = editor.segmentation_node
+            self.ui.segmentEditorWidget.setSegmentationNode(editor.segmentation_node)
+            self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
+            self.ui.segmentEditorWidget.setCurrentSegmentID(editor.segment_id)
+        finally:
+            self._settingEditor = False
         for role, attribute in (("positive", "positivePoints"), ("negative", "negativePoints")):
             if getattr(self._parameterNode, attribute) is None:
                 setattr(self._parameterNode, attribute, create_prompt_list(role))
@@ -656,6 +678,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPlacePoints(self, positive: bool, on: bool = True) -> None:
         node = self._parameterNode.positivePoints if positive else self._parameterNode.negativePoints
         if node is None:
+            self.ui.positivePointButton.checked = self.ui.negativePointButton.checked = False
             raise RuntimeError(_("Press Start in the Interactive section first."))
         self.ui.positivePointButton.checked = positive and on
         self.ui.negativePointButton.checked = (not positive) and on
@@ -669,7 +692,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEditorSegmentChanged(self, segmentId: str) -> None:
         """The user picked another segment in the Segment Editor: the next prompts refine that one."""
         editor = self.logic.editor
-        if editor is None or not segmentId or segmentId == editor.segment_id:
+        if self._settingEditor or editor is None or not segmentId or segmentId == editor.segment_id:
             return
         try:
             editor.edit_segment(segmentId, self.ui.segmentEditorWidget.segmentationNode())
@@ -681,7 +704,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEditorSegmentationChanged(self, node) -> None:  # noqa: ANN001
         """Another segmentation chosen in the Segment Editor: restart the session on it."""
         editor = self.logic.editor
-        if editor is None or node is None or node is editor.segmentation_node:
+        if self._settingEditor or editor is None or node is None or node is editor.segmentation_node:
             return
         self._parameterNode.outputSegmentation = node
         self.onStartInteractive()
@@ -712,6 +735,7 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # A placed ROI keeps needing one point after its points are removed: it cannot be drawn again.
             editor.unwatch(roi)
             slicer.mrmlScene.RemoveNode(roi)
+        self.ui.positivePointButton.checked = self.ui.negativePointButton.checked = False  # places a box now
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("prompt box"))
         roi.CreateDefaultDisplayNodes()  # Slicer places no markup without a display node
         self._parameterNode.boxRoi = roi
@@ -730,8 +754,12 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.redo()
 
     def onNextSegment(self) -> None:
-        segmentId = self.logic.nextSegment()
-        self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
+        self._settingEditor = True  # the new segment changes the Segment Editor's list: keep it selected
+        try:
+            segmentId = self.logic.nextSegment()
+            self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
+        finally:
+            self._settingEditor = False
         self._clearPromptPoints()
 
     def onReset(self) -> None:
@@ -821,6 +849,9 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
         if not probe_backend(sys.executable).ok:
             self.delayDisplay("Installing the backend into Slicer's Python")
             logic.installBackend(askConfirmation=False)
+        # The export below replaces the user's dataset folder; both are put back at the end.
+        settings, shownExportFolder = qt.QSettings(), ui.exportFolderButton.directory
+        savedExportFolder = settings.value(widget.EXPORT_FOLDER_SETTING)
         ui.startBackendButton.click()
         self.assertIsNotNone(logic.connection.client, ui.backendStatusLabel.text)
         try:
@@ -871,11 +902,18 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
                         break
                     slicer.app.processEvents()
                     qt.QThread.msleep(50)
-                self.assertIn("cancel", ui.jobStatusLabel.text.lower())
+                # "Cancelling..." is shown at the press: only the job's final state proves the cancel.
+                self.assertFalse(widget._pollTimer.isActive(), ui.jobStatusLabel.text)
+                self.assertTrue(ui.jobStatusLabel.text.startswith("cancelled"), ui.jobStatusLabel.text)
             else:
                 self.delayDisplay("No automatic model installed: Segment and Cancel not tested")
         finally:
             logic.stopBackend()
+            ui.exportFolderButton.directory = shownExportFolder
+            if savedExportFolder is None:
+                settings.remove(widget.EXPORT_FOLDER_SETTING)
+            else:
+                settings.setValue(widget.EXPORT_FOLDER_SETTING, savedExportFolder)
         self.delayDisplay("Workflow test passed")
 
     def _case_folder(self) -> Path:

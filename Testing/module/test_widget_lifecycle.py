@@ -54,3 +54,16 @@ def test_segment_editor_node_comes_back_after_close_scene(mini) -> None:  # noqa
     assert second is not first and slicer.mrmlScene.IsNodePresent(second)
     assert len(slicer.util.getNodesByClass("vtkMRMLSegmentEditorNode")) == 1
     assert second.GetOverwriteMode() == slicer.vtkMRMLSegmentEditorNode.OverwriteNone
+
+
+@pytest.mark.slicer
+def test_closing_the_interactive_session_ends_it_on_the_server(logic, ct_node) -> None:  # noqa: ANN001
+    from TSFMSegmentationLib.client import NotFound, SessionExpired
+
+    editor = logic.startInteractive(ct_node, "tiny-click")
+    session_id = editor.session_id
+    logic.closeInteractive()
+    assert logic.editor is None
+    with pytest.raises((NotFound, SessionExpired)):
+        editor.client.heartbeat(session_id)
+    logic.closeInteractive()  # nothing open: nothing to do
