@@ -21,7 +21,7 @@ from tsfm_backend.formats.errors import CheckpointError, UnknownModelError, Unsa
 from tsfm_backend.formats.safe_unpickler import torch_load
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import build_network
-from tsfm_backend.store import install_dir, resolve_model
+from tsfm_backend.store import install_atomically, install_dir, resolve_model
 
 __all__ = [
     "CheckpointError",
@@ -59,14 +59,17 @@ class LoadedModel:
 
 
 def read_checkpoint(
-    path: str | os.PathLike, model_id: str | None = None
+    path: str | os.PathLike, model_id: str | None = None, *, dataset: str | None = None
 ) -> tuple[dict[str, torch.Tensor], ModelCard, str]:
     """(state_dict on the CPU, card, format name) of any supported checkpoint; builds nothing.
 
-    ``model_id`` names the card (default: derived from the file). Raises CheckpointError naming the file
-    and what is wrong with it, UnsafePickleError when it asks to run code.
+    ``model_id`` names the card (default: derived from the file). ``dataset`` says which published
+    model a 3DSAM-adapter file is (``kits``, ``lits``, ``pancreas``, ``colon``) when its name does not;
+    other formats refuse it. Raises CheckpointError naming the file and what is wrong with it,
+    UnsafePickleError when it asks to run code.
     """
     path = Path(path)
+    options = {"dataset": dataset} if dataset is not None else {}
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir() and not ours.detect(path):
@@ -74,6 +77,7 @@ def read_checkpoint(
     for name, module_name in PATH_FORMATS.items():
         module = importlib.import_module(module_name)
         if module.detect(path):
+            _check_options(module, name, options, path)
             state_dict, card = module.read(path, model_id)
             return state_dict, card, name
     if path.is_file() and (path.suffix in TORCH_SUFFIXES or path.name.endswith(".pth.tar")):
@@ -81,7 +85,8 @@ def read_checkpoint(
         for name, module_name in CONTENT_FORMATS.items():
             module = importlib.import_module(module_name)
             if module.matches(checkpoint):
-                state_dict, card = module.from_checkpoint(checkpoint, path, model_id)
+                _check_options(module, name, options, path)
+                state_dict, card = module.from_checkpoint(checkpoint, path, model_id, **options)
                 return state_dict, card, name
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         if path.suffix == ".model":
@@ -89,6 +94,26 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: a torch file of no known checkpoint layout (top level: {keys})")
     formats = ", ".join([*PATH_FORMATS, *CONTENT_FORMATS])
     raise CheckpointError(f"{path}: not a checkpoint format this backend knows; supported: {formats}")
+
+
+def _check_options(module, name: str, options: dict, path: Path) -> None:
+    """Refuse reader options (``dataset``...) that the format of ``path`` does not take."""
+    unknown = [key for key in options if key not in getattr(module, "OPTIONS", ())]
+    if unknown:
+        raise CheckpointError(
+            f"{path}: a {name} checkpoint takes no {', '.join(unknown)} option (it is for 3DSAM-adapter files)"
+        )
+
+
+def _reference_network(card: ModelCard) -> nn.Module:
+    """The card's network, for its weight names and shapes: built on the meta device (no memory, no
+    initialisation) where the family allows it, else on the CPU (MONAI's SwinUNETR, for one, calls
+    ``Tensor.item()`` while it is constructed, which the meta device cannot answer)."""
+    try:
+        with torch.device("meta"):
+            return build_network(card)
+    except (RuntimeError, NotImplementedError):
+        return build_network(card)
 
 
 def _checkpoint_in_folder(folder: Path) -> Path:
@@ -111,11 +136,7 @@ def instantiate(card: ModelCard, state_dict: dict[str, torch.Tensor]) -> nn.Modu
     The network is first built on the meta device so large models are not randomly initialised only to
     be overwritten; families whose construction cannot run there are built on the CPU.
     """
-    try:
-        with torch.device("meta"):
-            network = build_network(card)
-    except (RuntimeError, NotImplementedError):
-        network = build_network(card)
+    network = _reference_network(card)
     _check_state_dict(card, network, state_dict)
     network.load_state_dict(state_dict, strict=True, assign=True)
     if any(t.is_meta for t in list(network.parameters()) + list(network.buffers())):
@@ -167,9 +188,7 @@ def save_model(network: nn.Module, card: ModelCard, directory: str | os.PathLike
     Returns the folder.
     """
     state_dict = network.state_dict()
-    with torch.device("meta"):
-        reference = build_network(card)
-    _check_state_dict(card, reference, state_dict)
+    _check_state_dict(card, _reference_network(card), state_dict)
     return ours.write(state_dict, card, Path(directory))
 
 
@@ -180,6 +199,7 @@ def import_model(
     license: str | None = None,
     provenance: dict | None = None,
     architecture: dict | None = None,
+    dataset: str | None = None,
     overwrite: bool = False,
 ) -> tuple[ModelCard, Path, str]:
     """Convert any supported checkpoint into our format under ``$TSFM_HOME/models/<id>``.
@@ -187,9 +207,10 @@ def import_model(
     The weights are checked against the architecture before anything is written. ``license`` and
     ``provenance`` (merged into the card's) record where the file came from. ``architecture`` overrides
     constructor kwargs the weights cannot tell (e.g. PCT-Net's ``input_size``, which also becomes the
-    patch size). Returns (card, folder, source format). An installed id is refused unless ``overwrite``.
+    patch size). ``dataset`` names the published 3DSAM-adapter model (see ``read_checkpoint``).
+    Returns (card, folder, source format). An installed id is refused unless ``overwrite``.
     """
-    state_dict, card, fmt = read_checkpoint(source, model_id)
+    state_dict, card, fmt = read_checkpoint(source, model_id, dataset=dataset)
     if architecture:
         card.architecture = {**card.architecture, **architecture}
         if "input_size" in architecture:
@@ -198,11 +219,10 @@ def import_model(
     if license is not None:
         card.license = license
     card.provenance = {**card.provenance, **(provenance or {})}
-    with torch.device("meta"):
-        reference = build_network(card)
-    _check_state_dict(card, reference, state_dict)
+    _check_state_dict(card, _reference_network(card), state_dict)
     folder = install_dir(card.id)
     if ours.detect(folder) and not overwrite:
         raise CheckpointError(f"model {card.id!r} is already installed in {folder}; choose another --id or --force")
-    ours.write(state_dict, card, folder)
+    # Staged in the store and renamed into place: a killed import never lists a model that does not load.
+    install_atomically(card.id, lambda staging: ours.write(state_dict, card, staging))
     return card, folder, fmt

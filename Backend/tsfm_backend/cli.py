@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ValueError, FileNotFoundError, PermissionError) as error:
         print(f"tsfm-backend {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        # The limits refuse what they can foresee; anything else that runs out still ends in one line.
+        print(f"tsfm-backend {args.command}: error: out of memory; try a smaller image, --fast, a larger "
+              "--step or a smaller --batch where the command has them", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ message says what to do.
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,9 @@ from .wire import MEDIA_TYPE, WireError, decode_frame, encode_frame, image_diges
 API_MAJOR = 1
 DEFAULT_TIMEOUT = (5.0, 600.0)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Methods that change nothing more when sent twice: one of them lost to a reset connection is sent again.
+IDEMPOTENT_METHODS = ("GET", "HEAD", "DELETE", "OPTIONS")
+_RESETS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
 class BackendError(Exception):
@@ -223,7 +227,9 @@ class BackendClient:
 
     def heartbeat(self, session_id: str) -> float:
         """Keep the session's lease alive; returns the seconds left before it would expire."""
-        return float(self._json("POST", f"/v1/sessions/{session_id}/heartbeat")["expires_in_s"])
+        # A POST, but renewing a lease twice is renewing it once: safe to resend after a reset.
+        answer = self._json("POST", f"/v1/sessions/{session_id}/heartbeat", idempotent=True)
+        return float(answer["expires_in_s"])
 
     def close_session(self, session_id: str) -> None:
         self._request_ok("DELETE", f"/v1/sessions/{session_id}")
@@ -232,9 +238,22 @@ class BackendClient:
         self._http.close()
 
     # ---- transport ----------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, idempotent: bool | None = None, **kwargs: Any) -> requests.Response:
+        """Send one request; ``idempotent`` (default: GET, HEAD, DELETE, OPTIONS) allows one resend.
+
+        The server closes a kept-alive connection after some answers (any 500, for one), and a request
+        sent on it at that moment fails with a reset although the server never saw it. Such a request is
+        sent once more on a fresh connection when sending it twice is harmless; never an interaction,
+        which would apply a prompt twice.
+        """
         url = self.base_url + path
+        resend = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
+            try:
+                return self._http.request(method, url, timeout=self.timeout, **kwargs)
+            except requests.ConnectionError as error:
+                if not (resend and _is_reset(error)):
+                    raise
             return self._http.request(method, url, timeout=self.timeout, **kwargs)
         except requests.Timeout as error:
             raise BackendUnavailable(f"the backend at {self.base_url} did not answer {method} {path} in time "
@@ -334,6 +353,25 @@ def without_credentials(url: str) -> str:
     if not parsed.hostname or "@" not in parsed.netloc:
         return url
     return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
+def _is_reset(error: BaseException) -> bool:
+    """Whether ``error`` comes from a connection the other end reset or closed mid-request.
+
+    requests and urllib3 wrap the socket's error both as an argument and as the cause or context, so
+    the search follows all three (a few links at most; ``seen`` stops a cycle).
+    """
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending and len(seen) < 32:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, _RESETS):
+            return True
+        pending.extend([current.__cause__, current.__context__, *current.args])
+    return False
 
 
 def _root_cause(error: BaseException) -> str:

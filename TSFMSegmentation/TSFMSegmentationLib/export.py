@@ -14,17 +14,34 @@ lists what was left out. A case with nothing to export is refused before anythin
 
 Label indices stay consistent across cases: a segment name already in dataset.json keeps its index,
 a new name gets the next free one (so indices stay consecutive, as nnU-Net requires). Image and
-label carry the volume's world geometry (parent transforms hardened). Every file is written to a
-temporary name in its final folder and renamed, so a crash never leaves a half-written case, and an
-existing case is only replaced with ``overwrite=True``.
+label carry the volume's world geometry (parent transforms hardened). An existing case is only
+replaced with ``overwrite=True``.
+
+A case is written whole or not at all, even if Slicer is killed in the middle:
+
+1. every file of the case (image, label, provenance record and the new dataset.json) is written into
+   ``<dataset>/.staging/<case>/``, on the same filesystem but outside imagesTr/labelsTr, where
+   nnU-Net never looks;
+2. a ``COMMIT`` file listing the moves is renamed into place: from then on the case counts as written;
+3. the files are renamed into place, label first, then image, provenance and dataset.json, and
+   the staging folder is removed.
+
+``repair_dataset`` runs at the start of every export (and can be called on its own): a staging
+folder with its ``COMMIT`` file is finished (step 3 again, for the files not yet moved), one without
+is deleted; temporary files in the dataset are deleted; an image without its label, or a label
+without its image, is moved out of imagesTr/labelsTr into ``<dataset>/.orphaned/<time>/``; and
+``numTraining`` is set to the number of complete cases (label and every channel's image).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +59,12 @@ DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
 # The first id a new dataset gets: clear of the low ids public datasets use (the Medical Segmentation
 # Decathlon is 001-010) so an exported dataset can sit beside them in one nnUNet_raw folder.
 FIRST_DATASET_ID = 501
+STAGING = ".staging"
+ORPHANED = ".orphaned"
+COMMIT_FILE = "COMMIT"
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(FILE_ENDING) + "$")
+
+log = logging.getLogger(__name__)
 
 
 class CaseExistsError(FileExistsError):
@@ -170,6 +193,7 @@ def export_case(
     image_path = folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}"
     label_path = folder / "labelsTr" / f"{case_id}{FILE_ENDING}"
     record_path = folder / "provenance" / f"{case_id}.json"
+    repair_dataset(folder)
     if not overwrite and (image_path.exists() or label_path.exists()):
         raise CaseExistsError(f"case '{case_id}' is already in {folder}; pass overwrite=True to replace it")
     description = read_dataset_json(folder)
@@ -182,10 +206,14 @@ def export_case(
     labels = merged_labels(description.get("labels", {}), [record["name"] for record in segments])
     label_map = _label_map(segmentation_node, volume_node, segments, labels)
 
+    staging = folder / STAGING / case_id
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
     for sub in ("imagesTr", "labelsTr", "provenance"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    _write_volume_atomically(volume_node, slicer.util.arrayFromVolume(volume_node), image_path, label=False)
-    _write_volume_atomically(volume_node, label_map, label_path, label=True)
+        (folder / sub).mkdir(exist_ok=True)
+    _write_volume(volume_node, label_map, staging / label_path.name, label=True)
+    _write_volume(volume_node, slicer.util.arrayFromVolume(volume_node), staging / image_path.name, label=False)
     case_record = {
         "case": case_id, "annotator": annotator, "image": volume_node.GetName(),
         "segmentation": segmentation_node.GetName(), "written": provenance.now_iso(),
@@ -193,14 +221,136 @@ def export_case(
         "left_out": [{key: record[key] for key in ("segment_id", "name", "status", "model")}
                      for record in records if record["segment_id"] not in exported_ids],
     }
-    _write_text_atomically(record_path, json.dumps(case_record, indent=2, sort_keys=True))
+    _write_text_atomically(staging / record_path.name, json.dumps(case_record, indent=2, sort_keys=True))
     description.update(
         channel_names=channels, labels=labels, file_ending=FILE_ENDING,
-        numTraining=len(list((folder / "labelsTr").glob(f"*{FILE_ENDING}"))),
+        numTraining=len(complete_cases(folder) | {case_id}),
     )
     description.setdefault("description", "Exported from 3D Slicer by TSFMSegmentation; provenance/ per case")
-    _write_text_atomically(folder / "dataset.json", json.dumps(description, indent=2))
+    _write_text_atomically(staging / "dataset.json", json.dumps(description, indent=2))
+    # The label moves first: nnU-Net lists cases by their images, so an image never stands without its label.
+    moves = [[label_path.name, f"labelsTr/{label_path.name}"], [image_path.name, f"imagesTr/{image_path.name}"],
+             [record_path.name, f"provenance/{record_path.name}"], ["dataset.json", "dataset.json"]]
+    _write_text_atomically(staging / COMMIT_FILE, json.dumps(moves))  # the commit point
+    _finish_staged_case(folder, staging)
     return ExportedCase(image_path, label_path, record_path, labels)
+
+
+def complete_cases(folder: str | Path, channels: int = 1) -> set[str]:
+    """Case ids with a label in labelsTr and an image for each of ``channels`` channels in imagesTr."""
+    folder = Path(folder)
+    images: dict[str, set[int]] = {}
+    for path in _visible_files(folder / "imagesTr"):
+        match = CHANNEL_FILE.match(path.name)
+        if match:
+            images.setdefault(match["case"], set()).add(int(match["channel"]))
+    labels = {path.name[: -len(FILE_ENDING)] for path in _visible_files(folder / "labelsTr")
+              if path.name.endswith(FILE_ENDING)}
+    return {case for case in labels if images.get(case, set()) >= set(range(channels))}
+
+
+def repair_dataset(folder: str | Path) -> list[str]:
+    """Leave only whole cases after an interrupted export; returns one line per thing done (also logged).
+
+    Finishes a staged case whose ``COMMIT`` file exists and deletes one without it; deletes temporary
+    files; moves an image without its label (or a label without its image) to
+    ``<dataset>/.orphaned/<time>/``; sets ``numTraining`` to the number of complete cases. Running it
+    again does nothing; an interrupted repair is finished by the next one.
+    """
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    staging_root = folder / STAGING
+    if staging_root.is_dir():
+        for staging in sorted(p for p in staging_root.iterdir() if p.is_dir()):
+            if (staging / COMMIT_FILE).is_file():
+                _finish_staged_case(folder, staging)
+                done.append(f"finished the interrupted export of case '{staging.name}'")
+            else:
+                shutil.rmtree(staging)
+                done.append(f"removed the unfinished export of case '{staging.name}' (nothing of it was in the dataset)")
+        _remove_empty(staging_root)
+    for sub in (".", "imagesTr", "labelsTr", "provenance"):
+        directory = folder / sub
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if path.name.startswith(".") and path.is_file() and path.name.endswith((FILE_ENDING, ".tmp")):
+                path.unlink()
+                done.append(f"deleted the temporary file {path.relative_to(folder)}")
+    channels = _channel_count(folder)
+    whole = complete_cases(folder, channels)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for sub, case_of in (("imagesTr", _image_case), ("labelsTr", _label_case), ("provenance", _record_case)):
+        for path in sorted(_visible_files(folder / sub)):
+            case = case_of(path.name)
+            if case is None or case in whole:
+                continue
+            target = folder / ORPHANED / stamp / sub / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            done.append(f"moved {sub}/{path.name} (its case is incomplete) to {target.relative_to(folder)}")
+    _fix_num_training(folder, len(whole), done)
+    for line in done:
+        log.warning("%s: %s", folder, line)
+    return done
+
+
+def _finish_staged_case(folder: Path, staging: Path) -> None:
+    """Move the staged files the ``COMMIT`` file lists into place (those not moved yet), then drop the folder."""
+    moves = json.loads((staging / COMMIT_FILE).read_text(encoding="utf-8"))
+    for name, destination in moves:
+        source = staging / name
+        if source.exists():
+            os.replace(source, folder / destination)
+    (staging / COMMIT_FILE).unlink()
+    shutil.rmtree(staging)
+    _remove_empty(folder / STAGING)
+
+
+def _remove_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (another staged case) or already gone
+
+
+def _visible_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [path for path in directory.iterdir() if not path.name.startswith(".") and path.is_file()]
+
+
+def _image_case(name: str) -> str | None:
+    match = CHANNEL_FILE.match(name)
+    return match["case"] if match else None
+
+
+def _label_case(name: str) -> str | None:
+    return name[: -len(FILE_ENDING)] if name.endswith(FILE_ENDING) else None
+
+
+def _record_case(name: str) -> str | None:
+    return name[: -len(".json")] if name.endswith(".json") else None
+
+
+def _channel_count(folder: Path) -> int:
+    try:
+        return max(1, len(read_dataset_json(folder).get("channel_names", {"0": ""})))
+    except DatasetError:
+        return 1
+
+
+def _fix_num_training(folder: Path, count: int, done: list[str]) -> None:
+    try:
+        description = read_dataset_json(folder)
+    except DatasetError:
+        return  # the export that follows reports it
+    if description and description.get("numTraining") != count:
+        done.append(f"numTraining {description.get('numTraining')} -> {count} (the complete cases)")
+        description["numTraining"] = count
+        _write_text_atomically(folder / "dataset.json", json.dumps(description, indent=2))
 
 
 def _label_map(segmentation_node, volume_node, segments: list[dict[str, Any]],  # noqa: ANN001
@@ -219,29 +369,23 @@ def _label_map(segmentation_node, volume_node, segments: list[dict[str, Any]],  
     return label_map
 
 
-def _temporary_path(path: Path) -> Path:
-    handle, name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=FILE_ENDING, dir=path.parent)
-    os.close(handle)
-    return Path(name)
+def _write_volume(volume_node, array: np.ndarray, path: Path, label: bool) -> None:  # noqa: ANN001
+    """NIfTI through Slicer's own storage node, with the volume's world (hardened) geometry.
 
-
-def _write_volume_atomically(volume_node, array: np.ndarray, path: Path, label: bool) -> None:  # noqa: ANN001
-    """NIfTI through Slicer's own storage node, with the volume's world (hardened) geometry."""
+    Written straight to ``path``: it is a file in the staging folder, which only counts once committed.
+    """
     node_class = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
     node = slicer.mrmlScene.AddNewNodeByClass(node_class, "__tsfm_export__")
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    temporary = _temporary_path(path)
     try:
         node.SetIJKToRASMatrix(numpy_to_vtk_matrix(image_geometry(volume_node).ijk_to_world))
         slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
         slicer.mrmlScene.AddNode(storage)
-        storage.SetFileName(str(temporary))
+        storage.SetFileName(str(path))
         storage.SetUseCompression(True)
         if not storage.WriteData(node):
             raise OSError(f"Slicer could not write {path}")
-        os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
         slicer.mrmlScene.RemoveNode(storage)
         slicer.mrmlScene.RemoveNode(node)
 

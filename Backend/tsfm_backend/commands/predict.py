@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fast", action="store_true", help="argmax on the model grid, then nearest neighbour back"
     )
     parser.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
+    parser.add_argument("--max-windows", type=int, default=10_000,
+                        help="refuse a case that needs more sliding windows than this (default 10000)")
+    parser.add_argument("--max-job-gb", type=float, default=16.0,
+                        help="refuse a case whose estimated working memory exceeds this many GiB (default 16)")
     parser.add_argument(
         "--no-amp",
         action="store_true",
@@ -63,6 +67,9 @@ def find_cases(source: Path) -> list[Path]:
         raise ImageReadError(f"{source}: no such file or folder")
     if source.is_file():
         return [source]
+    if not source.is_dir():
+        raise ImageReadError(f"{source}: is not a regular file or a folder (a pipe, socket or device?); give an "
+                             "image file, a DICOM folder or a folder of cases")
     files = sorted(p for p in source.iterdir() if is_image_file(p) and not p.name.lower().endswith(".dcm"))
     folders = sorted(p for p in source.iterdir() if p.is_dir() and dicom_series(p))
     if files or folders:
@@ -106,13 +113,26 @@ def run(args: argparse.Namespace) -> int:
     from tsfm_backend.checkpoints import load_model
     from tsfm_backend.device import resolve_device
     from tsfm_backend.image_io import read_volume
-    from tsfm_backend.inference.segmenter import SegmentOptions, segment_volume
+    from tsfm_backend.inference.segmenter import (
+        JobTooLarge,
+        LimitNames,
+        SegmentOptions,
+        check_plan,
+        plan_segmentation,
+        segment_volume,
+    )
     from tsfm_backend.label_io import write_labels
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if not 0 < args.step <= 1:
         raise ValueError(f"--step must be in (0, 1], got {args.step}")
+    if args.max_windows < 1 or not args.max_job_gb > 0:
+        raise ValueError("--max-windows must be at least 1 and --max-job-gb positive")
+    # Checked per case from its shape before anything is allocated: a tiny --step would otherwise
+    # build millions of windows and end in a MemoryError.
+    max_bytes = int(args.max_job_gb * (1 << 30))
+    names = LimitNames(step="--step", max_windows="--max-windows", max_bytes="--max-job-gb")
     rank, world, local_rank = distributed_rank()
     device = resolve_device(args.device)
     if device.type == "cuda" and world > 1 and device.index is None:
@@ -122,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         log.info("process %d of %d: %d of %d cases", rank, world, len(mine), len(cases))
     loaded = load_model(args.model, device=device)
+    loaded.card.require_trained_head()
     options = SegmentOptions(
         step=args.step,
         tta=args.tta,
@@ -136,12 +157,18 @@ def run(args: argparse.Namespace) -> int:
         target = output_path(case, cases == [args.input], args.output, args.format)
         started = time.perf_counter()
         volume = read_volume(case)
+        try:
+            check_plan(plan_segmentation(loaded.card, volume, options), loaded.card, options, args.max_windows,
+                       max_bytes, names)
+        except JobTooLarge as error:
+            raise JobTooLarge(f"{case}: {error}", error.limit) from None
         with tqdm(total=100, desc=f"[{number}/{len(mine)}] {case.name}", unit="%", leave=True) as bar:
 
             def progress(fraction: float, _message: str, bar=bar) -> None:
                 bar.update(round(100 * fraction) - bar.n)
 
-            result = segment_volume(loaded, volume, options, device=device, progress=progress)
+            result = segment_volume(loaded, volume, options, device=device, progress=progress,
+                                    max_windows=args.max_windows, max_bytes=max_bytes, limit_names=names)
         written = write_labels(result.labels, volume, result.names, target)
         log.info("%s -> %s (%.1f s)", case, ", ".join(str(p) for p in written), time.perf_counter() - started)
     return 0

@@ -26,6 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=1800.0,
                         help="seconds without an interaction before a session expires")
     parser.add_argument("--max-request-mb", type=int, default=1024, help="largest request body in MiB")
+    parser.add_argument("--max-windows", type=int, default=10_000,
+                        help="sliding windows one automatic job may run (default 10000); more answer 413")
+    parser.add_argument("--max-job-gb", type=float, default=16.0,
+                        help="estimated working memory one automatic job may need, GiB (default 16)")
+    parser.add_argument("--max-model-requests", type=int, default=16,
+                        help="interactive requests waiting for the model at once (default 16); more answer 503")
+    parser.add_argument("--max-uploads", type=int, default=2,
+                        help="image uploads and starting masks received at once (default 2); more answer 503")
+    parser.add_argument("--max-undo-steps", type=int, default=32,
+                        help="undo steps kept per object of a session (default 32); older ones are forgotten")
     parser.add_argument("--models", nargs="+", default=None, metavar="ID_OR_PATH",
                         help="models to serve (default: every installed and bundled model)")
 
@@ -48,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
             insecure=args.insecure, device=args.device, max_sessions=args.max_sessions,
             max_queued_jobs=args.max_queued_jobs, session_liveness_s=args.session_timeout,
             session_idle_s=args.idle_timeout, max_request_bytes=args.max_request_mb << 20,
+            max_windows=args.max_windows, max_job_bytes=int(args.max_job_gb * (1 << 30)),
+            max_model_requests=args.max_model_requests, max_uploads=args.max_uploads,
+            max_undo_steps=args.max_undo_steps,
         )
     except SettingsError as error:
         raise CommandError(str(error)) from error

@@ -7,7 +7,7 @@ image grid, its prompts and an undo/redo history. An interaction:
 2. places a region of interest (ROI) around the object: ``card.patch_size`` voxels at the model spacing,
    centred on the first prompt, moved when a prompt falls outside it, grown when the predicted mask
    touches an inner border of the ROI (at most ``MAX_GROWTH`` times, each time covering the mask plus
-   a margin);
+   a margin); whatever the spacing it never holds more than ``MAX_ROI_VOXELS`` image voxels;
 3. runs the click-conditioned network on the ROI resampled to the model grid (image, positive and
    negative click balls, box map, previous mask) and writes the thresholded result back into the ROI;
 4. returns a ``MaskUpdate`` holding only the bounding box of the voxels that changed.
@@ -44,6 +44,11 @@ Voxel = tuple[int, int, int]
 
 MAX_GROWTH = 2
 KINDS = ("point", "box")
+# Image voxels one click's region may hold. The region is cropped, resampled and written back at the
+# image's own resolution, so a click's memory grows with it (about 16 bytes a voxel at the peak): on a
+# 0.3 mm image the bundled models' field of view alone is 200 million voxels. 32 Mi voxels keep a
+# click near half a GiB whatever the spacing; a finer image gets a smaller region, at the model's spacing.
+MAX_ROI_VOXELS = 32 * 2**20
 
 
 class PromptError(ValueError):
@@ -126,10 +131,16 @@ class InteractiveSession:
             None detects it from the image (``tsfm_backend.modality``). ``self.modality`` tells which.
         local_corrections: a click on an object that already has a mask changes it only by the
             connected changes that reach the click (``inference.corrections``).
+        max_roi_voxels: the most image voxels a click's region holds (``MAX_ROI_VOXELS``); a larger
+            region is shrunk evenly along its axes.
     """
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
-                 modality: str | None = None, local_corrections: bool = False) -> None:
+                 modality: str | None = None, local_corrections: bool = False,
+                 max_roi_voxels: int = MAX_ROI_VOXELS) -> None:
+        if max_roi_voxels < 1:
+            raise ValueError(f"max_roi_voxels must be at least 1, got {max_roi_voxels}")
+        self.max_roi_voxels = int(max_roi_voxels)
         card = loaded.card
         if card.kind != "promptable":
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
@@ -162,13 +173,22 @@ class InteractiveSession:
         self.local_corrections = local_corrections
 
     # ----------------------------------------------------------------------------------- public API
+    def check(self, interaction: Interaction) -> None:
+        """Raise ``PromptError`` for a prompt ``interact`` would refuse; changes nothing."""
+        self._check(interaction)
+
     def interact(self, interaction: Interaction) -> MaskUpdate:
-        """Apply one prompt to its object (created on first use) and return the changed part of the mask."""
+        """Apply one prompt to its object (created on first use) and return the changed part of the mask.
+
+        The session changes only once the prediction succeeded: a prompt that fails leaves no trace,
+        not even an empty object.
+        """
         self._check(interaction)
         with self._lock:
             state = self.objects.get(interaction.object_id)
+            created = state is None
             if state is None:
-                state = self.objects[interaction.object_id] = _Object(np.zeros(self.shape, dtype=np.uint8))
+                state = _Object(np.zeros(self.shape, dtype=np.uint8))
             prompts = _add_prompt(state.prompts, interaction)
             if self._sam3d is not None:
                 roi, region = self._predict_sam3d(state.roi, prompts)
@@ -178,6 +198,8 @@ class InteractiveSession:
                 radius = tuple(self.click_radius_mm / s for s in self.image_spacing)
                 point = tuple(int(p) - s for p, s in zip(interaction.point, roi.start, strict=True))
                 region = keep_changes_near(roi_geometry.crop(state.mask, roi, 0), region, point, radius)
+            if created:
+                self.objects[interaction.object_id] = state
             state.roi = roi
             return self._commit(interaction.object_id, state, roi, region, prompts)
 
@@ -270,22 +292,41 @@ class InteractiveSession:
 
     # ---------------------------------------------------------------------------------- prediction
     def _base_roi_size(self) -> Voxel:
-        """The ROI size in image voxels that covers ``card.patch_size`` model voxels."""
-        return tuple(max(1, round(p * m / s)) for p, m, s in zip(  # type: ignore[return-value]
-            self.card.patch_size, self.model_spacing, self.image_spacing, strict=True))
+        """The ROI size in image voxels that covers ``card.patch_size`` model voxels (at most ``max_roi_voxels``)."""
+        return within_voxels(tuple(max(1, round(p * m / s)) for p, m, s in zip(  # type: ignore[arg-type]
+            self.card.patch_size, self.model_spacing, self.image_spacing, strict=True)), self.max_roi_voxels)
 
     def _fit(self, size: Voxel) -> tuple[Voxel, Voxel]:
         """(ROI size in image voxels, model grid) for a wanted ROI ``size``.
 
         The grid is rounded up to the network's divisor and the ROI follows the grid, so the network
-        always sees its own spacing.
+        always sees its own spacing. Two bounds hold whatever the image spacing: the ROI holds at most
+        ``max_roi_voxels`` image voxels, and the grid at most ``roi.MAX_SIZE_FACTOR`` patches per axis
+        (one voxel of a very coarse image can span more model voxels than that). Where even the
+        network's smallest grid spans more image voxels than the cap (a very fine image), the ROI is cut
+        to the cap and the network sees it magnified.
         """
+        size = within_voxels(size, self.max_roi_voxels)
         # A wanted size a hair above a multiple of the divisor (rounding) does not take the next multiple.
-        grid = tuple(max(d, int(math.ceil(n * s / m / d - 0.05)) * d) for n, s, m, d in zip(
-            size, self.image_spacing, self.model_spacing, self.divisor, strict=True))
-        fitted = tuple(max(1, round(g * m / s)) for g, m, s in zip(
-            grid, self.model_spacing, self.image_spacing, strict=True))
-        return fitted, grid  # type: ignore[return-value]
+        grid = [max(d, int(math.ceil(n * s / m / d - 0.05)) * d) for n, s, m, d in zip(
+            size, self.image_spacing, self.model_spacing, self.divisor, strict=True)]
+        grid = [min(g, int(math.ceil(roi_geometry.MAX_SIZE_FACTOR * p / d)) * d)
+                for g, p, d in zip(grid, self.card.patch_size, self.divisor, strict=True)]
+
+        def follow(axis: int) -> int:
+            return max(1, round(grid[axis] * self.model_spacing[axis] / self.image_spacing[axis]))
+
+        fitted = [follow(axis) for axis in range(3)]
+        # Rounding the grid up to the divisor can take the ROI back over the cap: take divisor steps off
+        # the axis holding the most image voxels (at most grid / divisor steps per axis).
+        while math.prod(fitted) > self.max_roi_voxels:
+            shrinkable = [axis for axis in range(3) if grid[axis] > self.divisor[axis]]
+            if not shrinkable:
+                break
+            axis = max(shrinkable, key=lambda a: fitted[a])
+            grid[axis] -= self.divisor[axis]
+            fitted[axis] = follow(axis)
+        return within_voxels(tuple(fitted), self.max_roi_voxels), tuple(grid)  # type: ignore[return-value]
 
     def _predict_grown(self, state: _Object, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
         """Predict in the object's ROI; grow the ROI while the mask touches an inner border of it."""
@@ -376,11 +417,16 @@ class InteractiveSession:
         inner, outer = roi_geometry.overlap(roi, self.shape)
         new = region[inner]
         old = state.mask[outer]
-        changed = np.argwhere(new != old)
-        if len(changed) == 0:
+        changed = new != old
+        if not changed.any():
             state.prompts = prompts
             return _no_change(object_id)
-        low, high = changed.min(0), changed.max(0) + 1
+        # The changed box from per-axis projections: a bool per voxel, where argwhere would take 24 bytes
+        # per changed voxel.
+        low, high = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
+        for axis in range(3):
+            hits = np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != axis)))
+            low[axis], high[axis] = hits[0], hits[-1] + 1
         box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
         origin = tuple(int(o.start) + int(a) for o, a in zip(outer, low, strict=True))
         target = tuple(slice(o, o + int(b - a)) for o, a, b in zip(origin, low, high, strict=True))
@@ -394,6 +440,20 @@ class InteractiveSession:
         state.mask[target] = values
         state.prompts = prompts
         return MaskUpdate(object_id, origin, values.copy())
+
+
+def within_voxels(size: Voxel, cap: int) -> Voxel:
+    """``size`` shrunk evenly along its axes (each at least 1) until it holds at most ``cap`` voxels."""
+    total = math.prod(size)
+    if total <= cap:
+        return tuple(int(n) for n in size)  # type: ignore[return-value]
+    factor = (cap / total) ** (1.0 / 3.0)
+    scaled = [max(1, int(n * factor)) for n in size]
+    # Axes held at 1 can leave the product over the cap: cut the longest axis to fit (three rounds at most).
+    while math.prod(scaled) > cap:
+        axis = scaled.index(max(scaled))
+        scaled[axis] = max(1, scaled[axis] * cap // math.prod(scaled))
+    return tuple(scaled)  # type: ignore[return-value]
 
 
 def _check_object_id(object_id: int) -> None:

@@ -13,7 +13,8 @@ inverse. Averaged logits leave the sliding window slab by slab and are turned in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,12 +23,20 @@ import torch.nn.functional as F
 
 from tsfm_backend.device import amp_dtype
 from tsfm_backend.inference.postprocessing import clean_labels
-from tsfm_backend.inference.sliding_window import make_predictor, pad_to_patch, sliding_window
+from tsfm_backend.inference.sliding_window import (
+    InferenceCancelled,
+    format_count,
+    make_predictor,
+    pad_to_patch,
+    sliding_window,
+    window_count,
+)
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.preprocessing import (
     GridMap,
     labels_to_source,
     linear_source_weights,
+    orientation,
     prepare,
     source_to_input,
 )
@@ -38,6 +47,12 @@ log = logging.getLogger(__name__)
 # Elements of float32 logits interpolated in-plane at once when resampling back (64 MB).
 RESAMPLE_CHUNK_ELEMENTS = 16 * 2**20
 UNCOVERED_LOGIT = -1.0e4
+# Default limits of one segmentation (the server's settings and ``predict``'s flags start from these).
+# A whole-body CT at step 0.5 needs a few hundred windows; step 0.1 on it a few thousand.
+DEFAULT_MAX_WINDOWS = 10_000
+# The estimated working memory of the largest catalog model (105 classes) on a whole-body CT is ~5 GiB.
+DEFAULT_MAX_JOB_BYTES = 16 << 30
+GIB = float(1 << 30)
 
 
 @dataclass
@@ -66,6 +81,127 @@ class SegmentOptions:
     fill_holes: bool = False
     crop_to_body: bool = False
     skip_outside_body: bool = True
+
+
+class JobTooLarge(ValueError):
+    """A segmentation whose planned windows or working memory exceed a limit; ``limit`` names it."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class LimitNames:
+    """How a refusal names the step option and the two limits: server settings, or ``predict``'s flags."""
+
+    step: str = "options.step"
+    max_windows: str = "settings.max_windows"
+    max_bytes: str = "settings.max_job_bytes"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What a segmentation will ask for, computed from shapes alone (nothing allocated).
+
+    Attributes:
+        grid: the grid the windows slide over (resampled to the card spacing, padded to the patch),
+            network-axis order; a float (``math.inf`` where it overflows) along an absurdly large axis.
+        windows_per_axis: windows along each axis of ``grid``.
+        windows: all windows (before those outside the body are skipped, so an upper bound).
+        rows: rows of the running-sum ring buffer (of ``grid[1] x grid[2]`` voxels per class).
+        working_bytes: estimated peak memory of the largest buffers, in bytes.
+    """
+
+    grid: tuple[int | float, int | float, int | float]
+    windows_per_axis: tuple[int | float, int | float, int | float]
+    windows: int | float
+    rows: int | float
+    working_bytes: int | float
+
+
+def plan_segmentation(card: ModelCard, volume: Volume, options: SegmentOptions) -> SegmentPlan:
+    """The windows and memory ``segment_volume`` would need for ``volume``, before anything is allocated.
+
+    Counted on the whole image (so an upper bound when ``crop_to_body`` or ``skip_outside_body``
+    would run fewer windows), with the same formulas as ``preprocessing.prepare`` and
+    ``sliding_window``: a step of 1e-300 or a huge resampling factor gives a huge count (``math.inf``
+    where a float overflows), never an attempt to build the layout.
+    """
+    permutation, _ = orientation(volume, card.axis_order)
+    shape = tuple(volume.shape[a] for a in permutation)
+    spacing = tuple(volume.spacing_kji[a] for a in permutation)
+    targets = card.spacing if card.spacing is not None else (None, None, None)
+    resampled = [_resampled_size(n, s, t) for n, s, t in zip(shape, spacing, targets, strict=True)]
+    grid = tuple(max(n, p) for n, p in zip(resampled, card.patch_size, strict=True))
+    per_axis = tuple(window_count(n, p, options.step) if isinstance(n, int) else n / (p * options.step) + 1
+                     for n, p in zip(grid, card.patch_size, strict=True))
+    windows = math.prod(per_axis)
+    rows = _ring_rows(grid, card.patch_size, per_axis, options.batch_size)
+    source_voxels = math.prod(volume.shape)
+    voxels = math.prod(grid)
+    # float32 copy of the image and its normalised copy; network-grid image (float32) and body (bool);
+    # the body's summed-volume table (int64) and its cumsum temporaries; the label maps; the running
+    # sums and weights (float32) of the ring buffer.
+    working = 8 * source_voxels + 5 * voxels + 2 * (source_voxels + voxels)
+    if options.skip_outside_body:
+        working += 24 * voxels
+    working += 4 * (card.num_classes + 1) * rows * grid[1] * grid[2]
+    return SegmentPlan(grid=grid, windows_per_axis=per_axis, windows=windows, rows=rows,  # type: ignore[arg-type]
+                       working_bytes=working)
+
+
+def check_plan(
+    plan: SegmentPlan,
+    card: ModelCard,
+    options: SegmentOptions,
+    max_windows: int | None,
+    max_bytes: int | None,
+    names: LimitNames = LimitNames(),
+) -> None:
+    """Raise ``JobTooLarge`` naming the option and the limit when ``plan`` exceeds either limit (None: no limit)."""
+    if max_windows is not None and plan.windows > max_windows:
+        per_axis = " x ".join(format_count(n) for n in plan.windows_per_axis)
+        raise JobTooLarge(
+            f"{names.step} {options.step:g} asks for {format_count(plan.windows)} windows ({per_axis}) of "
+            f"{_dims(card.patch_size)} voxels over the {_dims(plan.grid)} grid model {card.id!r} sees; at most "
+            f"{max_windows:,} are allowed ({names.max_windows}): use a larger step or a smaller image",
+            names.max_windows)
+    if max_bytes is not None and plan.working_bytes > max_bytes:
+        needed = (f"about {plan.working_bytes / GIB:,.1f} GiB" if math.isfinite(plan.working_bytes)
+                  else "an unbounded amount")
+        raise JobTooLarge(
+            f"this job needs {needed} of working memory (a {_dims(plan.grid)} grid at the spacing of model "
+            f"{card.id!r}, {card.num_classes} classes); at most {max_bytes / GIB:,.1f} GiB is allowed "
+            f"({names.max_bytes}): use a smaller image, or check the image's spacing",
+            names.max_bytes)
+
+
+def _resampled_size(size: int, spacing: float, target: float | None) -> int | float:
+    """``preprocessing.network_shape_for`` along one axis; a float past 2**62 (``math.inf`` on overflow)."""
+    if target is None:
+        return size
+    value = size * spacing / target
+    if not math.isfinite(value) or value > 2**62:
+        return value
+    return max(1, int(round(value)))
+
+
+def _ring_rows(grid: Sequence[int | float], patch: Sequence[int], per_axis: Sequence[int | float],
+               batch_size: int) -> int | float:
+    """Rows the sliding window's ring buffer holds: the patch depth plus the rows one batch spans."""
+    if not all(isinstance(n, int) for n in (*grid, *per_axis)):
+        return grid[0]
+    depth, count = int(grid[0]), int(per_axis[0])
+    stride = 0 if count == 1 else math.ceil((depth - patch[0]) / (count - 1))
+    plane = int(per_axis[1]) * int(per_axis[2])
+    # A batch of B consecutive windows (z first) crosses at most ceil((B - 1) / plane) z starts.
+    crossings = 0 if batch_size <= 1 else math.ceil((batch_size - 1) / plane)
+    return min(depth, patch[0] + crossings * stride)
+
+
+def _dims(shape: Sequence[int | float]) -> str:
+    return " x ".join(format_count(n) for n in shape)
 
 
 @dataclass
@@ -177,18 +313,26 @@ def segment_volume(
     device: torch.device | str = "cpu",
     progress: Callable[[float, str], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    max_windows: int | None = None,
+    max_bytes: int | None = None,
+    limit_names: LimitNames = LimitNames(),
 ) -> Segmentation:
     """Segment ``volume`` with ``loaded`` (a LoadedModel: ``.network`` and ``.card``).
 
     Returns labels (K, J, I) on the input grid: same shape as ``volume.array``, so the volume's
     spacing, origin and direction describe them. ``progress(fraction, message)`` is called after
-    each window batch; ``is_cancelled()`` is checked before each one and raises
-    ``InferenceCancelled`` when it returns True.
+    each window batch; ``is_cancelled()`` is checked before preprocessing, while the windows are
+    planned and before each window batch, and raises ``InferenceCancelled`` when it returns True.
+    ``max_windows`` and ``max_bytes`` (None: unlimited) refuse a job with ``JobTooLarge`` before
+    anything is allocated (see ``plan_segmentation``).
     """
     options = options or SegmentOptions()
     card: ModelCard = loaded.card
     if card.kind != "automatic":
         raise ValueError(f"model {card.id!r} is {card.kind}; automatic segmentation needs an automatic model")
+    check_plan(plan_segmentation(card, volume, options), card, options, max_windows, max_bytes, limit_names)
+    if is_cancelled is not None and is_cancelled():
+        raise InferenceCancelled("cancelled before preprocessing")
     device = torch.device(device)
     network = loaded.network.to(device).eval()
     channels_last = device.type == "cuda"
@@ -248,6 +392,7 @@ def segment_volume(
             empty_logits=empty,
             progress=progress,
             is_cancelled=is_cancelled,
+            max_windows=max_windows,
         )
         labels = source_to_input(writer.result(), grid)
     labels = clean_labels(labels, largest=options.largest_component, holes=options.fill_holes)

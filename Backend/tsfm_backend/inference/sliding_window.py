@@ -28,8 +28,42 @@ SLAB_ELEMENTS = 16 * 2**20
 Progress = Callable[[float, str], None]
 
 
+# Windows tested against the body mask between two ``is_cancelled()`` polls while planning.
+PLAN_CANCEL_EVERY = 4096
+
+
 class InferenceCancelled(Exception):
     """Raised between window batches when the caller's ``is_cancelled()`` returned True."""
+
+
+class TooManyWindows(ValueError):
+    """A window layout larger than the caller's ``max_windows``; raised before any list is built."""
+
+
+def window_count(size: int, patch: int, step: float) -> int | float:
+    """How many windows ``window_starts`` would lay along one axis, computed without building them.
+
+    A step so small that the count passes 2**62 comes back as a float (``math.inf`` where it
+    overflows, e.g. a step of 5e-324), so a caller can compare any request with its limit without
+    allocating anything.
+    """
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    if patch >= size:
+        return 1
+    # The same float expression as ``window_starts``, so both agree on the count exactly.
+    stride_count = (size - patch) / (patch * step)
+    if not math.isfinite(stride_count) or stride_count > 2**62:
+        return stride_count + 1
+    return math.ceil(stride_count) + 1
+
+
+def total_windows(shape: Sequence[int], patch: Sequence[int], step: float) -> int | float:
+    """Windows of ``window_positions`` over ``shape`` (each axis at least the patch); ``math.inf`` if unbounded."""
+    total: int | float = 1
+    for size, p in zip(shape, patch, strict=True):
+        total *= window_count(size, p, step)
+    return total
 
 
 def window_starts(size: int, patch: int, step: float) -> list[int]:
@@ -45,8 +79,20 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
     return [int(round(stride * i)) for i in range(count)]
 
 
-def window_positions(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[int, int, int]]:
-    """All window corners (z, y, x), sorted by z first: the order the accumulator needs."""
+def window_positions(
+    shape: Sequence[int], patch: Sequence[int], step: float, max_windows: int | None = None
+) -> list[tuple[int, int, int]]:
+    """All window corners (z, y, x), sorted by z first: the order the accumulator needs.
+
+    Raises:
+        TooManyWindows: more than ``max_windows`` windows (checked before the list is built).
+    """
+    if max_windows is not None:
+        count = total_windows(shape, patch, step)
+        if count > max_windows:
+            raise TooManyWindows(
+                f"step {step:g} lays {format_count(count)} windows of {_dims(patch)} over {_dims(shape)} voxels; "
+                f"at most {max_windows:,} are allowed")
     per_axis = [window_starts(n, p, step) for n, p in zip(shape, patch, strict=True)]
     return list(itertools.product(*per_axis))
 
@@ -83,10 +129,28 @@ def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tenso
     return torch.nn.functional.pad(image, flat), tuple(before)  # type: ignore[return-value]
 
 
+def format_count(count: int | float) -> str:
+    """``1,234,567`` for counts a person can read, ``8.8e+299`` beyond, ``more than 1e308`` for inf."""
+    if not math.isfinite(count):
+        return "more than 1e308"
+    return f"{int(count):,}" if count < 1e15 else f"{count:.2g}"
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
 def windows_in_body(
-    positions: list[tuple[int, int, int]], patch: Sequence[int], body: torch.Tensor | np.ndarray | None
+    positions: list[tuple[int, int, int]],
+    patch: Sequence[int],
+    body: torch.Tensor | np.ndarray | None,
+    is_cancelled: Callable[[], bool] | None = None,
 ) -> list[tuple[int, int, int]]:
-    """The windows that contain at least one body voxel (all of them when ``body`` is None)."""
+    """The windows that contain at least one body voxel (all of them when ``body`` is None).
+
+    ``is_cancelled()`` is polled every ``PLAN_CANCEL_EVERY`` windows, so a cancel is honoured while a
+    long layout is being planned, not only once the windows run.
+    """
     if body is None:
         return positions
     mask = body.cpu().numpy() if isinstance(body, torch.Tensor) else np.asarray(body)
@@ -94,7 +158,9 @@ def windows_in_body(
     table = np.zeros(tuple(n + 1 for n in mask.shape), dtype=np.int64)
     table[1:, 1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
     kept = []
-    for z, y, x in positions:
+    for number, (z, y, x) in enumerate(positions):
+        if is_cancelled is not None and number % PLAN_CANCEL_EVERY == 0 and is_cancelled():
+            raise InferenceCancelled(f"cancelled while planning windows ({number} of {len(positions)} tested)")
         z1, y1, x1 = z + patch[0], y + patch[1], x + patch[2]
         total = (
             table[z1, y1, x1]
@@ -164,6 +230,7 @@ def sliding_window(
     accumulate_dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    max_windows: int | None = None,
 ) -> None:
     """Average Gaussian-weighted window logits over ``image`` and hand them out slab by slab.
 
@@ -178,11 +245,16 @@ def sliding_window(
         accumulate_dtype: dtype of the running sums. float16 halves their memory but loses precision
             where the Gaussian weights are tiny (window corners), so float32 is the default.
         progress: called after each batch with the fraction of windows done.
-        is_cancelled: checked before each batch; True raises InferenceCancelled.
+        is_cancelled: checked while the windows are planned and before each batch; True raises
+            InferenceCancelled.
+        max_windows: refuse (``TooManyWindows``) a layout of more windows, before building it: a tiny
+            ``step`` would otherwise ask for millions of window corners.
     """
     shape = tuple(image.shape[1:])
     device = image.device
-    positions = windows_in_body(window_positions(shape, patch, step), patch, body)
+    if is_cancelled is not None and is_cancelled():
+        raise InferenceCancelled("cancelled before the windows were planned")
+    positions = windows_in_body(window_positions(shape, patch, step, max_windows), patch, body, is_cancelled)
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     capacity = patch[0] + max((b[-1][0] - b[0][0] for b in batches), default=0)
     capacity = min(capacity, shape[0])

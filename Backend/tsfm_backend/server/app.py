@@ -2,7 +2,11 @@
 
 Concurrency: routes with a body read it on the event loop and hand the work to the thread pool;
 the others are plain ``def`` routes, which FastAPI runs in that pool. Model work then queues on the
-single worker thread (interactive first), so health checks and heartbeats answer while a job runs.
+single worker thread (interactive first). Two gates (``limits.Gate``) keep that pool from filling
+up: at most ``max_model_requests`` interactive requests wait for the worker and at most
+``max_uploads`` frame bodies are received and decoded at once; one more is answered 503 with
+Retry-After at once. Health checks, heartbeats and the token check run on the event loop, never in
+the pool, so they answer however busy the server is.
 Every error answers ``{"error": message}`` with a 4xx status (503 + Retry-After at capacity, 500 for
 a broken model catalog); tracebacks stay in the server log. Model downloads run on their own thread
 (``downloads.py``). The protocol is documented in ``Backend/README.md``.
@@ -17,6 +21,7 @@ import json
 import logging
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -27,10 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tsfm_backend.server import schemas
 from tsfm_backend.server.engine import MaskCrop
 from tsfm_backend.server.errors import Busy, Invalid, ServiceError
-from tsfm_backend.server.limits import BodySizeLimit
+from tsfm_backend.server.limits import BodySizeLimit, Gate
 from tsfm_backend.server.services import Services, describe_validation
 from tsfm_backend.server.settings import API_VERSION, Settings
-from tsfm_backend.server.wire import MEDIA_TYPE, WireError, encode_frame
+from tsfm_backend.server.wire import MEDIA_TYPE, WireError, describe_json_error, encode_frame
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 5.0
@@ -41,8 +46,14 @@ HexId = Annotated[str, Path(pattern=schemas.HEX_ID, description="32 lower-case h
 def make_app(settings: Settings, services: Services) -> FastAPI:
     """The FastAPI application over ``services`` (already started; closed when the app shuts down)."""
 
+    model_gate = Gate(settings.max_model_requests, "interactive model requests", settings.retry_after_s)
+    upload_gate = Gate(settings.max_uploads, "uploads", settings.retry_after_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
+        # The gated requests never take more than their share of the pool that runs the ``def`` routes.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.max_model_requests + settings.max_uploads + 16)
         sweeper = asyncio.create_task(_sweep_sessions(services))
         try:
             yield
@@ -50,8 +61,9 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
             sweeper.cancel()
             await run_in_threadpool(services.close)
 
-    # The schema is served (for tools); the HTML docs pages are not: they load scripts from a CDN.
-    app = FastAPI(title="tsfm-backend", version=API_VERSION, lifespan=lifespan, openapi_url="/v1/openapi.json",
+    # The schema is served (for tools) behind the token like every route but health; the HTML docs
+    # pages are not served at all: they load scripts from a CDN.
+    app = FastAPI(title="tsfm-backend", version=API_VERSION, lifespan=lifespan, openapi_url=None,
                   docs_url=None, redoc_url=None,
                   description="Automatic and interactive 3D segmentation; see Backend/README.md")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
@@ -59,8 +71,12 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
     auth = [Depends(_bearer_check(settings.token))]
 
     @app.get("/v1/health", response_model=schemas.Health)
-    def health() -> schemas.Health:
+    async def health() -> schemas.Health:
         return schemas.Health(api_version=API_VERSION)
+
+    @app.get("/v1/openapi.json", dependencies=auth, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/info", response_model=schemas.Info, dependencies=auth)
     def info() -> schemas.Info:
@@ -92,7 +108,8 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
 
     @app.post("/v1/images", response_model=schemas.ImageInfo, status_code=201, dependencies=auth)
     async def upload_image(request: Request, response: Response) -> schemas.ImageInfo:
-        image = await run_in_threadpool(services.upload_image, await request.body())
+        with upload_gate.slot():  # taken before a byte of the body is read
+            image = await run_in_threadpool(services.upload_image, await request.body())
         if image.exists:
             response.status_code = 200
         return image
@@ -125,38 +142,43 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
         return services.job_status(services.jobs.cancel(job_id))
 
     @app.post("/v1/sessions", response_model=schemas.SessionInfo, status_code=201, dependencies=auth)
-    def create_session(request: schemas.SessionCreate) -> schemas.SessionInfo:
-        return services.create_session(request)
+    async def create_session(request: schemas.SessionCreate) -> schemas.SessionInfo:
+        with model_gate.slot():
+            return await run_in_threadpool(services.create_session, request)
 
     @app.post("/v1/sessions/{session_id}/interactions", dependencies=auth, response_class=Response,
               openapi_extra={"requestBody": {"content": {
                   "application/json": {"schema": schemas.Interaction.model_json_schema()},
                   MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
     async def interact(session_id: HexId, request: Request) -> Response:
-        body = await request.body()
-        if request.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE:
-            crop = await run_in_threadpool(services.seed_and_interact, session_id, body)
-        else:
-            interaction = _parse_json(schemas.Interaction, body)
-            crop = await run_in_threadpool(services.interact, session_id, interaction)
-        return _crop_response(crop, await run_in_threadpool(services.image_shape_of, session_id))
+        with model_gate.slot():
+            if request.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE:
+                with upload_gate.slot():  # a starting mask is an upload too
+                    crop = await run_in_threadpool(services.seed_and_interact, session_id, await request.body())
+            else:
+                interaction = _parse_json(schemas.Interaction, await request.body())
+                crop = await run_in_threadpool(services.interact, session_id, interaction)
+        return _crop_response(crop)
 
     @app.post("/v1/sessions/{session_id}/undo", dependencies=auth, response_class=Response)
-    def undo(session_id: HexId, request: schemas.ObjectRef) -> Response:
-        return _crop_response(services.undo(session_id, request.object_id), services.image_shape_of(session_id))
+    async def undo(session_id: HexId, request: schemas.ObjectRef) -> Response:
+        with model_gate.slot():
+            return _crop_response(await run_in_threadpool(services.undo, session_id, request.object_id))
 
     @app.post("/v1/sessions/{session_id}/redo", dependencies=auth, response_class=Response)
-    def redo(session_id: HexId, request: schemas.ObjectRef) -> Response:
-        return _crop_response(services.redo(session_id, request.object_id), services.image_shape_of(session_id))
+    async def redo(session_id: HexId, request: schemas.ObjectRef) -> Response:
+        with model_gate.slot():
+            return _crop_response(await run_in_threadpool(services.redo, session_id, request.object_id))
 
     @app.post("/v1/sessions/{session_id}/reset", status_code=204, dependencies=auth, response_class=Response)
-    def reset(session_id: HexId, request: schemas.ResetRequest) -> Response:
-        services.reset(session_id, request.object_id)
+    async def reset(session_id: HexId, request: schemas.ResetRequest) -> Response:
+        with model_gate.slot():
+            await run_in_threadpool(services.reset, session_id, request.object_id)
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{session_id}/heartbeat", response_model=schemas.LeaseInfo, dependencies=auth)
-    def heartbeat(session_id: HexId) -> schemas.LeaseInfo:
-        return services.heartbeat(session_id)
+    async def heartbeat(session_id: HexId) -> schemas.LeaseInfo:
+        return services.heartbeat(session_id)  # a registry lookup under a short lock: no pool thread
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=auth, response_class=Response)
     def close_session(session_id: HexId) -> Response:
@@ -169,7 +191,7 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
 def _bearer_check(token: str | None):  # noqa: ANN202 - a FastAPI dependency
     expected = token.encode("utf-8") if token is not None else None
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if expected is None:
             return
         scheme, _, supplied = (authorization or "").partition(" ")
@@ -184,16 +206,20 @@ def _bearer_check(token: str | None):  # noqa: ANN202 - a FastAPI dependency
 def _parse_json(schema: type, body: bytes) -> Any:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Invalid(f"body is not valid JSON: {error}") from error
+    except (ValueError, RecursionError) as error:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer of more than 4300
+        # digits; nesting thousands deep raises RecursionError. All are bad input, never a 500.
+        raise Invalid(f"body is not valid JSON: {describe_json_error(error)}") from error
     try:
         return schema.model_validate(data)
     except ValidationError as error:
         raise Invalid(describe_validation(error.errors())) from error
 
 
-def _crop_response(crop: MaskCrop, image_shape: tuple[int, int, int]) -> Response:
-    header = schemas.MaskCropHeader(object_id=crop.object_id, origin=crop.origin, image_shape=image_shape)
+def _crop_response(crop: MaskCrop) -> Response:
+    if crop.image_shape is None:
+        raise ValueError("a mask crop must carry its image's shape (services fill it in before the change)")
+    header = schemas.MaskCropHeader(object_id=crop.object_id, origin=crop.origin, image_shape=crop.image_shape)
     return Response(encode_frame(header.model_dump(), crop.mask), media_type=MEDIA_TYPE)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tsfm_backend.checkpoints import LoadedModel
+from tsfm_backend.server.errors import TooLarge
 from tsfm_backend.volume import Volume
 
 Progress = Callable[[float, str], None]
@@ -22,16 +23,22 @@ IsCancelled = Callable[[], bool]
 
 @dataclass(frozen=True)
 class MaskCrop:
-    """A changed region of an object's mask: ``mask`` (uint8 {0,1}, K, J, I) placed at ``origin`` (k, j, i)."""
+    """A changed region of an object's mask: ``mask`` (uint8 {0,1}, K, J, I) placed at ``origin`` (k, j, i).
+
+    ``image_shape`` is the session image's (K, J, I) shape, filled in by the services (which look it
+    up before changing anything, so the answer never needs the image store afterwards).
+    """
 
     object_id: int
     origin: tuple[int, int, int]
     mask: np.ndarray
+    image_shape: tuple[int, int, int] | None = None
 
 
 class InteractiveEngine(Protocol):
     """What the server needs of an interactive session (``inference.interactive.InteractiveSession``)."""
 
+    def check(self, interaction: Any) -> None: ...
     def interact(self, interaction: Any) -> Any: ...
     def undo(self, object_id: int) -> Any: ...
     def redo(self, object_id: int) -> Any: ...
@@ -79,6 +86,23 @@ class Engine:
         from tsfm_backend.inference.interactive import Interaction
 
         return Interaction(kind=kind, positive=positive, point=point, box=box, object_id=object_id)
+
+
+def check_job_size(loaded: LoadedModel, volume: Volume, options: dict[str, Any], max_windows: int,
+                   max_bytes: int) -> None:
+    """Refuse a job whose windows or working memory exceed the server's limits, from shapes alone.
+
+    Raises ``errors.TooLarge`` (413) whose message names the option and the setting; nothing is
+    allocated, so a step of 1e-300 costs no more to refuse than one of 0.5 costs to accept.
+    """
+    from tsfm_backend.inference.segmenter import JobTooLarge, SegmentOptions, check_plan, plan_segmentation
+
+    segment_options = SegmentOptions(**options)
+    try:
+        check_plan(plan_segmentation(loaded.card, volume, segment_options), loaded.card, segment_options,
+                   max_windows, max_bytes)
+    except JobTooLarge as error:
+        raise TooLarge(str(error)) from error
 
 
 def as_crop(update: Any) -> MaskCrop:

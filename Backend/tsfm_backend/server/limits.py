@@ -1,39 +1,58 @@
-"""Request body size limit, as plain ASGI middleware so it works on any FastAPI/Starlette version.
+"""Request limits: body size (plain ASGI middleware, so it works on any FastAPI/Starlette version) and
+gates that bound how many requests of a kind are in progress at once.
 
 A declared ``Content-Length`` over the limit is refused before a byte of the body is read; a body
 sent without one (chunked) is counted as it streams in and refused when it crosses the limit.
-Either way the answer is 413 with ``{"error": message}``.
+Either way the answer is 413 with ``{"error": message}``. Frames (``application/vnd.tsfm.frame``)
+may be as large as ``max_bytes``; any other body (JSON) at most ``max_other_bytes``, which bounds
+what a JSON parser is ever handed.
+
+A ``Gate`` holds at most ``size`` requests; one more is answered 503 with Retry-After at once,
+before its body is read, instead of waiting for a thread of the server's pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tsfm_backend.server.errors import Busy
+
+FRAME_MEDIA_TYPE = b"application/vnd.tsfm.frame"
+MAX_JSON_BODY_BYTES = 1 << 20
 
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` inside a route; FastAPI's error handlers turn it into a 413."""
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body is larger than the server's limit of {max_bytes} bytes")
+    def __init__(self, max_bytes: int, what: str = "request body") -> None:
+        super().__init__(413, f"{what} is larger than the server's limit of {max_bytes} bytes")
 
 
 class BodySizeLimit:
-    """Refuse HTTP request bodies larger than ``max_bytes`` with 413."""
+    """Refuse HTTP request bodies larger than ``max_bytes`` (frames) or ``max_other_bytes`` (others) with 413."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = MAX_JSON_BODY_BYTES) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_other_bytes = min(max_other_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _content_type(scope) == FRAME_MEDIA_TYPE:
+            limit, what = self.max_bytes, "request body"
+        else:
+            limit, what = self.max_other_bytes, "request body that is not a frame (application/vnd.tsfm.frame)"
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await _refuse(send, BodyTooLarge(self.max_bytes).detail)
+        if declared is not None and declared > limit:
+            await _refuse(send, BodyTooLarge(limit, what).detail)
             return
         received = 0
 
@@ -42,11 +61,51 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit, what)
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class Gate:
+    """At most ``size`` requests of one kind in progress; one more raises ``Busy`` (503 + Retry-After) at once.
+
+    Args:
+        size: how many may hold the gate together.
+        what: the requests in the refusal message ("model requests", "uploads").
+        retry_after_s: the Retry-After value of the refusal.
+    """
+
+    def __init__(self, size: int, what: str, retry_after_s: int = 2) -> None:
+        self.size, self.what, self.retry_after_s = size, what, retry_after_s
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._held >= self.size:
+                raise Busy(f"the server is already handling its maximum of {self.size} {self.what} at once; "
+                           "try again shortly", self.retry_after_s)
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+
+def _content_type(scope: Scope) -> bytes:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower()
+    return b""
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -6,6 +6,7 @@ voxel coordinates are (k, j, i) indices of the uploaded image, (K, J, I) = (z, y
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
@@ -15,7 +16,16 @@ MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-PositiveMm = Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)]
+# Geometry an uploaded image may have. 0.01-100 mm covers micro-CT to the thickest clinical slabs;
+# spacings beyond it are no medical image and would turn a click's region or a job's resampled grid
+# into billions of voxels. Origins past a kilometre are corrupt headers.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 100.0
+MAX_ORIGIN_MM = 1e6
+# Largest |D^T D - I| entry of a direction matrix still taken as orthonormal (float32 round trips of
+# DICOM orientations stay far below it).
+ORTHONORMAL_TOLERANCE = 1e-3
+OriginMm = Annotated[float, Field(ge=-MAX_ORIGIN_MM, le=MAX_ORIGIN_MM, allow_inf_nan=False)]
 Index = Annotated[int, Field(ge=0, le=1 << 20, strict=True)]
 Voxel = tuple[Index, Index, Index]
 ObjectId = Annotated[int, Field(ge=1, le=255, strict=True)]
@@ -39,15 +49,30 @@ class ImageUpload(Strict):
     """Header of ``POST /v1/images``: ITK geometry (spacing per I, J, K in mm; LPS origin; direction columns)."""
 
     array: ArrayMeta
-    spacing: tuple[PositiveMm, PositiveMm, PositiveMm]
-    origin: tuple[FiniteFloat, FiniteFloat, FiniteFloat] = (0.0, 0.0, 0.0)
+    spacing: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+    origin: tuple[OriginMm, OriginMm, OriginMm] = (0.0, 0.0, 0.0)
     direction: tuple[FiniteFloat, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @field_validator("spacing")
+    @classmethod
+    def _sane_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        for axis, mm in zip("IJK", value, strict=True):
+            if not MIN_SPACING_MM <= mm <= MAX_SPACING_MM:
+                raise ValueError(f"spacing along {axis} is {mm:g} mm; this server takes {MIN_SPACING_MM:g} to "
+                                 f"{MAX_SPACING_MM:g} mm per axis")
+        return value
 
     @field_validator("direction")
     @classmethod
-    def _nine_numbers(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+    def _orthonormal(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if len(value) != 9:
             raise ValueError(f"direction must hold 9 numbers (3x3 row-major), got {len(value)}")
+        columns = [value[c::3] for c in range(3)]
+        deviation = max(abs(math.fsum(a * b for a, b in zip(columns[m], columns[n], strict=True)) - (m == n))
+                        for m in range(3) for n in range(3))
+        if deviation > ORTHONORMAL_TOLERANCE:
+            raise ValueError(f"direction is not orthonormal (its columns must be unit vectors at right angles; "
+                             f"largest deviation {deviation:.3g}, tolerance {ORTHONORMAL_TOLERANCE:g})")
         return value
 
 

@@ -12,7 +12,7 @@ import logging
 import platform
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,13 +25,13 @@ from tsfm_backend.checkpoints import LoadedModel, load_model
 from tsfm_backend.formats.errors import CheckpointError, UnknownModelError
 from tsfm_backend.server import schemas
 from tsfm_backend.server.downloads import Download, DownloadManager, installed_folder
-from tsfm_backend.server.engine import Engine, MaskCrop, as_crop
-from tsfm_backend.server.errors import BadInput, Conflict, Invalid, Misconfigured, NotFound
+from tsfm_backend.server.engine import Engine, MaskCrop, as_crop, check_job_size
+from tsfm_backend.server.errors import BadInput, Conflict, Invalid, Misconfigured, NotFound, TooLarge
 from tsfm_backend.server.images import ImageStore
 from tsfm_backend.server.jobs import Job, JobManager
 from tsfm_backend.server.sessions import Session, SessionRegistry
 from tsfm_backend.server.settings import API_VERSION, Settings
-from tsfm_backend.server.wire import LABEL_DTYPES, decode_array, split_frame
+from tsfm_backend.server.wire import LABEL_DTYPES, array_spec, decode_array, split_frame
 from tsfm_backend.server.worker import Worker
 from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL, installed_models
 from tsfm_backend.volume import Volume, VolumeError
@@ -201,6 +201,10 @@ class Services:
         """Decode a frame (header ``schemas.ImageUpload``) into a Volume and store it by content id."""
         header, payload = split_frame(body)
         upload = _validated(schemas.ImageUpload, header, "image header")
+        dtype, shape, _ = array_spec(header["array"])
+        declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if declared > self.images.max_bytes:  # refused before inflating, like max_array_bytes in decode_array
+            raise TooLarge(f"image of {declared} bytes exceeds the server's image store of {self.images.max_bytes} bytes")
         array = decode_array(header["array"], payload, self.settings.max_array_bytes)
         try:
             volume = Volume(array, upload.spacing, upload.origin, upload.direction)
@@ -217,8 +221,16 @@ class Services:
         loaded = self.models.get(request.model)
         if loaded.card.kind != "automatic":
             raise BadInput(f"model {request.model!r} is {loaded.card.kind}: open a session for it instead")
+        try:
+            loaded.card.require_trained_head()
+        except ValueError as error:
+            raise BadInput(str(error)) from error
         volume = self.images.get(request.image_id)
-        return self.jobs.submit(loaded, volume, request.image_id, request.options.model_dump())
+        options = request.options.model_dump()
+        # Counted from shapes before the job is queued: a tiny step asks for millions of windows, and
+        # building their list alone would hold the worker and memory for minutes.
+        check_job_size(loaded, volume, options, self.settings.max_windows, self.settings.max_job_bytes)
+        return self.jobs.submit(loaded, volume, request.image_id, options)
 
     def job_status(self, job: Job) -> schemas.JobStatus:
         return schemas.JobStatus(
@@ -251,14 +263,20 @@ class Services:
         """Framed request: set the object's starting mask (payload, K, J, I), then apply the optional prompt."""
         header, payload = split_frame(body)
         request = _validated(schemas.SeededInteraction, header, "interaction header")
+        image_shape = self._session_image_shape(self._session(session_id, active=False))
+        _, declared_shape, _ = array_spec(header["array"], LABEL_DTYPES)
+        if declared_shape != image_shape:  # checked before inflating: a seed is never larger than its image
+            raise BadInput(f"starting mask has shape {list(declared_shape)} but the image is {list(image_shape)} "
+                           "(K, J, I)")
         mask = decode_array(header["array"], payload, self.settings.max_array_bytes, LABEL_DTYPES)
-        image_shape = self.images.get(self._session(session_id, active=False).image_id).shape
         if mask.shape != image_shape:
             raise BadInput(f"starting mask has shape {list(mask.shape)} but the image is {list(image_shape)} (K, J, I)")
         seed = (mask > 0).astype(np.uint8)
         prompt = self._engine_interaction(request.interaction) if request.interaction else None
 
         def apply(engine: Any) -> MaskCrop:
+            if prompt is not None:
+                engine.check(prompt)  # a prompt the engine refuses must not leave the seed behind
             seeded = engine.set_mask(request.object_id, seed)
             return as_crop(engine.interact(prompt)) if prompt is not None else as_crop(seeded)
 
@@ -277,27 +295,54 @@ class Services:
         session = self._session(session_id, active=False)
         return schemas.LeaseInfo(session_id=session.id, expires_in_s=self.sessions.expires_in(session))
 
-    def image_shape_of(self, session_id: str) -> tuple[int, int, int]:
-        return self.images.get(self._session(session_id, active=False).image_id).shape
-
     def _session(self, session_id: str, active: bool) -> Session:
         return self.sessions.get(session_id, active=active)
 
     def _on_session(self, session_id: str, action: Any) -> Any:
-        """Run ``action(engine)`` on the worker under the session's lock; engine ValueErrors become 400."""
+        """Run ``action(engine)`` on the worker under the session's lock; engine ValueErrors become 400.
+
+        All or nothing: whatever can refuse the request (the session, its image) is checked before
+        ``action`` changes the session, and nothing after it can fail. A change the server made is
+        therefore always answered, and a refused request changed nothing. A MaskCrop result carries
+        the image shape looked up beforehand.
+        """
         session = self._session(session_id, active=True)
         with session.lock:
+            image_shape = self._session_image_shape(session)
             try:
-                return self.worker.call(lambda: action(session.engine), self.settings.interaction_timeout_s,
-                                        self.settings.retry_after_s)
+                result = self.worker.call(lambda: _trimmed(action, session.engine, self.settings.max_undo_steps),
+                                          self.settings.interaction_timeout_s, self.settings.retry_after_s)
             except ValueError as error:
                 raise BadInput(str(error)) from error
             finally:
                 self.sessions.touch(session)
+        return replace(result, image_shape=image_shape) if isinstance(result, MaskCrop) else result
+
+    def _session_image_shape(self, session: Session) -> tuple[int, int, int]:
+        """The shape of the session's image; NotFound once the store evicted it (the session is then of no
+        further use: the client uploads the image again and opens a new session)."""
+        try:
+            return self.images.get(session.image_id).shape
+        except NotFound:
+            raise NotFound(f"image {session.image_id} of session {session.id} is no longer on the server "
+                           "(evicted to make room): nothing was changed; upload the image again and open a new "
+                           "session") from None
 
     def _engine_interaction(self, interaction: schemas.Interaction) -> Any:
         return self.engine.interaction(interaction.kind, interaction.positive, interaction.point,
                                        interaction.box, interaction.object_id)
+
+
+def _trimmed(action: Callable[[Any], T], engine: Any, max_steps: int) -> T:
+    """``action(engine)``, then every object of the session keeps at most ``max_steps`` undo (and redo)
+    steps, the newest. Runs on the worker under the session's lock, so nothing else sees the history."""
+    try:
+        return action(engine)
+    finally:
+        for state in getattr(engine, "objects", {}).values():
+            for steps in (getattr(state, "undo", None), getattr(state, "redo", None)):
+                if isinstance(steps, list) and len(steps) > max_steps:
+                    del steps[: len(steps) - max_steps]
 
 
 def _serve_installed(models: ModelRegistry, worker: Worker, device: Any, timeout_s: float, retry_after_s: int,

@@ -47,6 +47,18 @@ class Settings:
         session_idle_s: a session without an interaction, undo, redo or reset for this long expires.
         interaction_timeout_s: longest wait for one interactive request before 503.
         retry_after_s: the Retry-After value sent with 503.
+        max_windows: sliding windows one automatic job may run (counted from the image shape, the model's
+            patch and ``options.step`` before the job is queued; more answer 413).
+        max_job_bytes: estimated working memory one automatic job may need (same check, same answer).
+        max_model_requests: interactive requests (session creation, interactions, undo, redo, reset)
+            waiting for or running on the model worker at once; one more gets 503 with Retry-After at
+            once. It keeps the HTTP thread pool free for every other route.
+        max_uploads: request bodies of frames (image uploads, starting masks) being received and decoded
+            at once; one more gets 503 with Retry-After before its body is read. Together with the two
+            limits above it bounds upload memory: at most ``max_uploads`` x (``max_request_bytes`` +
+            ``max_array_bytes``).
+        max_undo_steps: undo steps each object of a session keeps (older ones are forgotten); each step
+            holds the changed box of the mask twice (before and after).
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +76,11 @@ class Settings:
     session_idle_s: float = 1800.0
     interaction_timeout_s: float = 300.0
     retry_after_s: int = 2
+    max_windows: int = 10_000
+    max_job_bytes: int = 16 << 30
+    max_model_requests: int = 16
+    max_uploads: int = 2
+    max_undo_steps: int = 32
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -78,7 +95,8 @@ class Settings:
                 "'Authorization: Bearer <token>') or, on a trusted network only, --insecure"
             )
         for name in ("max_sessions", "max_queued_jobs", "kept_jobs", "max_request_bytes", "max_array_bytes",
-                     "image_store_bytes", "retry_after_s"):
+                     "image_store_bytes", "retry_after_s", "max_windows", "max_job_bytes", "max_model_requests",
+                     "max_uploads", "max_undo_steps"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("session_liveness_s", "session_idle_s", "interaction_timeout_s"):
@@ -103,4 +121,9 @@ class Settings:
             "max_array_bytes": self.max_array_bytes,
             "session_liveness_s": self.session_liveness_s,
             "session_idle_s": self.session_idle_s,
+            "max_windows": self.max_windows,
+            "max_job_bytes": self.max_job_bytes,
+            "max_model_requests": self.max_model_requests,
+            "max_uploads": self.max_uploads,
+            "max_undo_steps": self.max_undo_steps,
         }

@@ -80,11 +80,24 @@ def split_frame(body: bytes) -> tuple[dict[str, Any], memoryview]:
         raise WireError(f"frame is truncated inside its header ({len(body)} of {end} bytes)")
     try:
         header = json.loads(bytes(body[_PREFIX.size : end]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WireError(f"frame header is not valid UTF-8 JSON: {error}") from error
+    except (ValueError, RecursionError) as error:
+        # Besides malformed text (UnicodeDecodeError, JSONDecodeError: both ValueErrors), Python's json
+        # refuses integers of more than 4300 digits (ValueError) and nesting deeper than the recursion
+        # limit (RecursionError): a client's mistake either way, so a 400, not a 500.
+        raise WireError(f"frame header is not valid UTF-8 JSON: {describe_json_error(error)}") from error
     if not isinstance(header, dict) or not isinstance(header.get("array"), dict):
         raise WireError("frame header must be a JSON object with an 'array' object")
     return header, memoryview(body)[end:]
+
+
+def describe_json_error(error: BaseException) -> str:
+    """What is wrong with a JSON text, in the client's terms (Python's own advice is for the server)."""
+    if isinstance(error, RecursionError):
+        return "it is nested too deeply"
+    text = str(error)
+    if "integer string conversion" in text:
+        return "it holds an integer with too many digits (more than 4300)"
+    return text
 
 
 def array_spec(meta: dict[str, Any], allowed_dtypes: tuple[str, ...] = ARRAY_DTYPES) -> tuple[np.dtype, tuple[int, ...], str]:
@@ -118,6 +131,14 @@ def decode_array(
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if expected > max_bytes:
         raise WireError(f"array of shape {list(shape)} {dtype.name} is {expected} bytes, over the limit of {max_bytes}")
+    if compression == "gzip" and bytes(payload[:2]) != b"\x1f\x8b":
+        raise WireError("array payload is not valid gzip data: it does not start with gzip's magic bytes")
+    if compression == "gzip" and len(payload) >= 4:
+        # gzip's trailer records the inflated length (modulo 2**32): a mismatch is refused before inflating.
+        recorded = int.from_bytes(bytes(payload[-4:]), "little")
+        if recorded != expected % 2**32:
+            raise WireError(f"gzip payload records {recorded} bytes inflated but shape {list(shape)} {dtype.name} "
+                            f"needs {expected}")
     if compression == "none":
         raw = bytes(payload)
     else:

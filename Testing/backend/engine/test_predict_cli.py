@@ -150,3 +150,15 @@ def test_distributed_rank_reads_the_torchrun_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed_rank() == (5, 8, 1)
+
+
+def test_a_tiny_step_ends_with_one_clear_line_before_any_work(tmp_path, shared_data, tiny_model, capsys):
+    image = shared_data / "totalseg" / "example_ct_sm.nii.gz"
+    output = tmp_path / "labels.nii.gz"
+    code = main(["predict", "--model", str(tiny_model), "-i", str(image), "-o", str(output), "--device", "cpu",
+                 "--step", "0.001"])
+    err = capsys.readouterr().err
+    assert code == 2 and not output.exists()
+    assert "tsfm-backend predict: error:" in err and "--step 0.001 asks for" in err
+    assert "at most 10,000 are allowed (--max-windows)" in err
+    assert "Traceback" not in err and "MemoryError" not in err

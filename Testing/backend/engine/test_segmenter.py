@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 from tsfm_backend.image_io import read_volume
-from tsfm_backend.inference.segmenter import SegmentOptions, label_lookup, segment_volume
+from tsfm_backend.inference.segmenter import (
+    JobTooLarge,
+    LimitNames,
+    SegmentOptions,
+    label_lookup,
+    plan_segmentation,
+    segment_volume,
+)
 from tsfm_backend.inference.sliding_window import InferenceCancelled
 from tsfm_backend.label_io import write_labels
 from tsfm_backend.model_card import ModelCard
@@ -182,3 +189,36 @@ def test_autocast_choice():
     assert amp_dtype(torch.device("cpu"), False) is None
     assert amp_dtype(torch.device("cpu"), True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert amp_dtype(torch.device("meta"), True) is None
+
+
+def test_the_plan_counts_the_windows_segment_volume_runs():
+    volume = ellipsoid_volume(np.eye(3))
+    model = threshold_model(spacing=None, patch_size=(8, 8, 8))
+    options = SegmentOptions(step=0.3, skip_outside_body=False)
+    plan = plan_segmentation(model.card, volume, options)
+    seen = []
+    segment_volume(model, volume, options, progress=lambda f, m: seen.append(m))
+    assert plan.grid == volume.shape and plan.windows == int(seen[-1].split()[-1])
+
+
+@pytest.mark.parametrize("step", [1e-3, 1e-300, 5e-324])
+def test_a_job_asking_for_too_many_windows_is_refused_before_anything_is_allocated(monkeypatch, step):
+    import tsfm_backend.inference.segmenter as segmenter
+
+    def no_preprocessing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("preprocessing ran although the job was over its limit")
+
+    monkeypatch.setattr(segmenter, "prepare", no_preprocessing)
+    volume = Volume(np.zeros((40, 60, 60), np.float32))
+    with pytest.raises(JobTooLarge, match=r"options\.step .* windows .* at most 1,000 are allowed \(settings\.max_windows\)"):
+        segment_volume(threshold_model(spacing=None), volume, SegmentOptions(step=step), max_windows=1000)
+
+
+def test_a_job_whose_grid_would_not_fit_in_memory_is_refused_with_the_limit_named():
+    # A 3 mm image read by a model trained at 0.01 mm would be resampled 300x along every axis.
+    volume = Volume(np.zeros((20, 20, 20), np.float32), spacing=(3.0, 3.0, 3.0))
+    names = LimitNames(step="--step", max_windows="--max-windows", max_bytes="--max-job-gb")
+    with pytest.raises(JobTooLarge, match=r"GiB of working memory .* is allowed \(--max-job-gb\)") as refused:
+        segment_volume(threshold_model(spacing=(0.01, 0.01, 0.01)), volume, max_windows=10**30,
+                       max_bytes=16 << 30, limit_names=names)
+    assert refused.value.limit == "--max-job-gb"

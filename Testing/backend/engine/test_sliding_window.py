@@ -9,12 +9,15 @@ import pytest
 import torch
 from tsfm_backend.inference.sliding_window import (
     InferenceCancelled,
+    TooManyWindows,
     gaussian_importance_map,
     make_predictor,
     mirror_combinations,
     pad_to_patch,
     sliding_window,
     sliding_window_logits,
+    total_windows,
+    window_count,
     window_positions,
     window_starts,
     windows_in_body,
@@ -235,3 +238,35 @@ def test_small_slab_chunks_match_the_full_accumulation(monkeypatch):
         sliding_window(make_predictor(net), image, patch, 3, lambda z0, s: slabs.append(s))
     assert all(s.shape[1] == 1 for s in slabs) and len(slabs) == 30
     torch.testing.assert_close(torch.cat(slabs, dim=1), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,patch", [(100, 32), (32, 32), (33, 32), (200, 64), (97, 13), (5, 16)])
+@pytest.mark.parametrize("step", [1.0, 0.5, 0.25, 0.1, 0.013])
+def test_window_count_is_the_layout_length_without_building_it(size, patch, step):
+    padded = max(size, patch)
+    assert window_count(padded, patch, step) == len(window_starts(padded, patch, step))
+
+
+@pytest.mark.parametrize("step", [1e-3, 1e-300, 5e-324])
+def test_a_tiny_step_is_refused_before_its_layout_is_built(step):
+    # 1e-300 of a patch would be ~1e900 windows: only the count is computed, as a float beyond 2**62.
+    assert total_windows((64, 300, 300), (32, 64, 64), step) > 10**6
+    with pytest.raises(TooManyWindows, match="at most 10,000 are allowed"):
+        window_positions((64, 300, 300), (32, 64, 64), step, max_windows=10_000)
+    assert len(window_positions((64, 300, 300), (32, 64, 64), 0.5, max_windows=10_000)) == 3 * 9 * 9
+
+
+def test_cancel_is_honoured_while_windows_are_planned():
+    calls = []
+
+    def predict(batch):  # noqa: ANN001, ANN202 - never reached
+        calls.append(batch.shape)
+        return torch.zeros((batch.shape[0], 2, *batch.shape[2:]))
+
+    with pytest.raises(InferenceCancelled, match="before the windows were planned"):
+        sliding_window(predict, torch.zeros((1, 20, 20, 20)), (8, 8, 8), 2, lambda *_: None,
+                       is_cancelled=lambda: True)
+    positions = window_positions((40, 40, 40), (8, 8, 8), 0.5)
+    with pytest.raises(InferenceCancelled, match="while planning windows"):
+        windows_in_body(positions, (8, 8, 8), np.ones((40, 40, 40), bool), is_cancelled=lambda: True)
+    assert calls == []

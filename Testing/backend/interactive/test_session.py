@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from support.interactive_models import ellipsoid_volume
+from support.interactive_models import ellipsoid_volume, standin_card
 from tsfm_backend.checkpoints import LoadedModel
-from tsfm_backend.inference.interactive import Interaction, InteractiveSession, MaskUpdate, PromptError
+from tsfm_backend.inference.interactive import (
+    MAX_ROI_VOXELS,
+    Interaction,
+    InteractiveSession,
+    MaskUpdate,
+    PromptError,
+)
 from tsfm_backend.volume import Volume
 
 
@@ -200,3 +207,35 @@ def test_modality_is_detected_or_taken_from_the_caller(echo_model, soft_tissue):
     assert session.normalization["lower"] == pytest.approx(40.0) and session.normalization["upper"] == pytest.approx(200.0)
     with pytest.raises(ValueError, match="normalises CT, MR images, not PET"):
         InteractiveSession(loaded, soft_tissue, modality="PT")
+
+
+@pytest.mark.parametrize("spacing_mm", [0.01, 0.3, 100.0])
+def test_a_click_region_stays_under_the_voxel_cap_whatever_the_spacing(echo_model, spacing_mm):
+    cap = 64**3
+    patch = standin_card().patch_size
+    volume, _ = ellipsoid_volume(shape=(40, 60, 60), centre=(20, 30, 30), radii_mm=(3 * spacing_mm,) * 3,
+                                 spacing_kji=(spacing_mm,) * 3)
+    session = InteractiveSession(echo_model, volume, max_roi_voxels=cap)
+    update = session.interact(click((20, 30, 30)))
+    roi = session.objects[1].roi
+    assert math.prod(roi.size) <= cap and update.mask.size <= cap
+    # The model grid is bounded too: a 100 mm voxel spans 50 model voxels of 2 mm.
+    assert all(g <= 2 * p for g, p in zip(roi.grid, patch, strict=True))
+    assert all(math.prod(shape) <= math.prod(2 * p for p in patch) for shape in echo_model.network.calls)
+
+
+def test_the_default_cap_bounds_a_bundled_size_model_on_a_0_3_mm_image(echo_model):
+    # The bundled click models see 48 x 96 x 96 voxels at 3 x 2 x 2 mm: 480 x 640 x 640 voxels at 0.3 mm.
+    loaded = replace(echo_model, card=replace(echo_model.card, patch_size=(48, 96, 96), spacing=(3.0, 2.0, 2.0)))
+    volume = Volume(np.zeros((8, 8, 8), np.int16), spacing=(0.3, 0.3, 0.3))
+    session = InteractiveSession(loaded, volume)
+    wanted = tuple(round(p * m / 0.3) for p, m in zip((48, 96, 96), (3.0, 2.0, 2.0), strict=True))
+    assert math.prod(wanted) > 5 * MAX_ROI_VOXELS
+    base = session._base_roi_size()
+    size, grid = session._fit(base)
+    grown, _ = session._fit(tuple(2 * n for n in wanted))
+    assert math.prod(base) <= MAX_ROI_VOXELS and math.prod(size) <= MAX_ROI_VOXELS
+    assert math.prod(grown) <= MAX_ROI_VOXELS
+    # Shrunk evenly, at the model's own spacing: the grid follows the region.
+    assert all(abs(g * m - n * 0.3) <= 2 * m * d for g, m, n, d in zip(
+        grid, (3.0, 2.0, 2.0), size, session.divisor, strict=True))
