@@ -24,6 +24,10 @@ class ModelCardError(ValueError):
     """A model card that is missing a field or holds a value the backend cannot use."""
 
 
+class UntrainedHeadError(ModelCardError):
+    """A model whose output head was created at import and never trained: it must be fine-tuned first."""
+
+
 @dataclass
 class ModelCard:
     """Description of one model.
@@ -38,13 +42,17 @@ class ModelCard:
         spacing: target voxel spacing in mm in (K, J, I) = (z, y, x) order; ``None`` keeps the input's.
         axis_order: ``kji`` (arrays as stored, SimpleITK order) or ``ras`` (reoriented to RAS first).
         normalization: ``{"scheme": one of NORMALIZATION_SCHEMES, ...parameters}``; parameters are
-            ``lower``/``upper`` (HU clip or window) and ``mean``/``std`` (dataset statistics);
+            ``lower``/``upper`` (HU clip or window), ``output_range`` (what a ``hu_window`` maps to,
+            default [0, 1]) and ``mean``/``std`` (dataset statistics);
             ``by_modality`` holds one such entry per modality (``tsfm_backend.modality``).
         patch_size: sliding-window patch (or interactive crop) in voxels, (K, J, I) order.
         output: ``softmax`` (one label per voxel) or ``sigmoid`` (independent classes).
         license: license of the weights (SPDX id or a short phrase).
         provenance: where the weights came from: source file, training data, commit, metrics.
         description: one sentence for people.
+        head_trained: False when the output head was made (randomly initialised) by an importer because
+            the checkpoint holds only a backbone; such a model is a starting point for fine-tuning and
+            segments nothing until then (``require_trained_head``).
     """
 
     id: str
@@ -61,6 +69,7 @@ class ModelCard:
     license: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    head_trained: bool = True
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -89,12 +98,23 @@ class ModelCard:
             raise ModelCardError(f"patch_size must be three positive integers, got {self.patch_size}")
         if 0 in self.classes:
             raise ModelCardError("classes must not list label 0 (background)")
+        if not isinstance(self.head_trained, bool):
+            raise ModelCardError(f"head_trained must be true or false, got {self.head_trained!r}")
         if self.in_channels < 1:
             raise ModelCardError(f"in_channels must be at least 1, got {self.in_channels}")
         if self.format_version > CARD_FORMAT_VERSION:
             raise ModelCardError(
                 f"model card format {self.format_version} is newer than this backend understands "
                 f"({CARD_FORMAT_VERSION}); update tsfm-backend"
+            )
+
+    def require_trained_head(self) -> None:
+        """Raise UntrainedHeadError when the output head was never trained (``head_trained`` false)."""
+        if not self.head_trained:
+            raise UntrainedHeadError(
+                f"model {self.id!r} is a pretrained backbone with a new, untrained output head, so its labels "
+                f"would be noise; fine-tune it first (tsfm-train run CONFIG with init: {{checkpoint: {self.id}}}) "
+                "and segment with the fine-tuned model"
             )
 
     @property

@@ -138,7 +138,8 @@ def normalize(image: torch.Tensor, normalization: dict) -> torch.Tensor:
 
     ``zscore``: per image, (x - mean) / max(std, 1e-8) over all voxels (STU-Net, nnU-Net "nonCT").
     ``ct_clip_zscore``: clip to [lower, upper] HU, then (x - mean) / std with the card's dataset values.
-    ``hu_window``: clip to [lower, upper] HU and map linearly to [0, 1].
+    ``hu_window``: clip to [lower, upper] HU and map linearly to [0, 1], or to ``output_range`` when the
+    card gives one (PyMIC's ``NormalizeWithMinMax``, used by MIS-FM, maps to [-1, 1]).
     ``none``: unchanged.
     """
     scheme = normalization.get("scheme", "none")
@@ -160,12 +161,25 @@ def normalize(image: torch.Tensor, normalization: dict) -> torch.Tensor:
         raise ValueError(f"normalization window is empty: lower {lower} >= upper {upper}")
     clipped = image.clamp(lower, upper)
     if scheme == "hu_window":
-        return (clipped - lower) / (upper - lower)
+        low, high = output_range(normalization)
+        return (clipped - lower) / (upper - lower) * (high - low) + low
     if scheme == "ct_clip_zscore":
         if "mean" not in normalization or "std" not in normalization:
             raise ValueError("normalization scheme 'ct_clip_zscore' needs the dataset 'mean' and 'std'")
         return (clipped - float(normalization["mean"])) / max(float(normalization["std"]), 1e-8)
     raise ValueError(f"unknown normalization scheme {scheme!r}")
+
+
+def output_range(normalization: dict) -> tuple[float, float]:
+    """The (low, high) a ``hu_window`` maps its window to: ``output_range`` when given, else (0, 1)."""
+    value = normalization.get("output_range", (0.0, 1.0))
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalization output_range must be two numbers [low, high], got {value!r}") from None
+    if not high > low:
+        raise ValueError(f"normalization output_range must rise (low < high), got {value!r}")
+    return low, high
 
 
 def resample_linear(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

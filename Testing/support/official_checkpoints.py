@@ -102,14 +102,44 @@ def write_pymic_checkpoint(path: Path, network: torch.nn.Module) -> Path:
 
 
 def write_suprem_checkpoint(path: Path, network: torch.nn.Module, *, universal: bool) -> Path:
-    """A SuPreM ``.pth`` saved from DDP: ``module.backbone.<key>`` plus Universal-model heads, or
-    ``module.<key>`` for a bare network."""
+    """A SuPreM ``.pth`` saved from DDP.
+
+    ``universal``: the Universal Model layout of the released unet/swinunetr files (``network`` built with
+    ``head="universal"``): ``module.organ_embedding`` first, then ``module.backbone.<key>`` for the body and
+    ``module.<key>`` for the head modules, in the authors' state_dict order. Otherwise ``module.<key>``
+    for a bare network (the SegResNet release).
+    """
+    from tsfm_backend.models.suprem import UNIVERSAL_HEAD_KEYS
+
     if universal:
-        weights = {f"module.backbone.{k}": v for k, v in network.state_dict().items() if not k.startswith("out_tr.")}
-        weights["module.precls_conv.2.weight"] = torch.zeros(8, 48, 1, 1, 1)
-        weights["module.controller.weight"] = torch.zeros(153, 512, 1, 1, 1)
-        weights["module.organ_embedding"] = torch.zeros(32, 512)
+        weights = {(f"module.{k}" if k.startswith(UNIVERSAL_HEAD_KEYS) else f"module.backbone.{k}"): v
+                   for k, v in network.state_dict().items()}
     else:
         weights = {f"module.{k}": v for k, v in network.state_dict().items()}
     torch.save({"net": weights, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None, "epoch": 2100}, path)
+    return path
+
+
+def write_suprem_backbone(path: Path, network: torch.nn.Module) -> Path:
+    """``{backbone}_backbone.pth`` as SuPreM's pretraining also saves it: the body's state_dict, no prefix,
+    no head (``network`` built with the conv head, which is left out)."""
+    from tsfm_backend.models.suprem import HEAD_KEYS
+
+    heads = HEAD_KEYS["unet"] + HEAD_KEYS["swinunetr"]
+    weights = {k: v for k, v in network.state_dict().items() if not k.startswith(heads)}
+    torch.save({"net": weights, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None, "epoch": 2100}, path)
+    return path
+
+
+def write_sam3d_checkpoint(path: Path, network: torch.nn.Module) -> Path:
+    """A 3DSAM-adapter ``{last,best}.pth.tar`` as the authors' ``train.py`` saves it: ``encoder_dict`` with
+    each shifted block's ``attn_mask``, ``decoder_dict`` and four prompt encoders in ``feature_dict``."""
+    encoder = dict(network.image_encoder.state_dict())
+    for index, block in enumerate(network.image_encoder.blocks):
+        if block.attn_mask is not None:
+            encoder[f"blocks.{index}.attn_mask"] = block.attn_mask.clone()
+    prompt = dict(network.prompt_encoder.state_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 500, "encoder_dict": encoder, "decoder_dict": dict(network.mask_decoder.state_dict()),
+                "feature_dict": [prompt] * 4}, path)
     return path

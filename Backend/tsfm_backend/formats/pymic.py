@@ -3,10 +3,17 @@
 A ``.pt`` dict ``{'iteration', 'valid_pred', 'model_state_dict', ['optimizer_state_dict']}``. The family
 and channel sizes are read off the weight names and shapes. What the weights cannot tell (PCT-Net's
 fixed ``input_size`` and ``resolution_mode``) defaults to the released CT10k configuration.
+
+Intensities: both released models are CT models (CT10k, AbdomenCT-1K), and the authors' CT pipeline
+for Volume Fusion weights clips to [-1000, 1000] HU and maps that window to [-1, 1] (PyMIC_examples
+``seg_self_sup/lung/luna_preprocess.py`` for pretraining; ``NormalizeWithMinMax`` with those thresholds,
+``pymic/transform/normalize.py``, for fine-tuning on CT). The per-image z-score of the MIS-FM demo
+configs belongs to its MRI (left atrium) fine-tuning and is not used here.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,19 @@ from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import fmunet, pctnet
 
 TOP_LEVEL_KEY = "model_state_dict"
+
+# MIS-FM (LICENSE.txt) and PyMIC (LICENSE) are both under the Apache License 2.0.
+LICENSE = "Apache-2.0"
+
+# Clip to [-1000, 1000] HU, then 2 * (x + 1000) / 2000 - 1, as PyMIC's NormalizeWithMinMax does.
+CT_NORMALIZATION: dict[str, Any] = {"scheme": "hu_window", "lower": -1000.0, "upper": 1000.0,
+                                    "output_range": [-1.0, 1.0]}
+
+# One entry per released model family: its pretraining data and the intensity convention of its weights.
+RELEASES: dict[str, dict[str, Any]] = {
+    "pctnet": {"data": "CT10k", "normalization": CT_NORMALIZATION},
+    "fmunet": {"data": "AbdomenCT-1K", "normalization": CT_NORMALIZATION},
+}
 
 
 def matches(checkpoint: Any) -> bool:
@@ -97,11 +117,13 @@ def from_checkpoint(checkpoint: dict, path: Path, model_id: str | None = None) -
         in_channels=architecture["in_chns"],
         spacing=None,
         axis_order="kji",
-        normalization={"scheme": "zscore"},
+        normalization=copy.deepcopy(RELEASES[family]["normalization"]),
         patch_size=tuple(input_size),
         output="softmax",
+        license=LICENSE,
         provenance={"format": "pymic", "source": str(path), "iteration": checkpoint.get("iteration"),
-                    "valid_pred": float(checkpoint["valid_pred"]) if "valid_pred" in checkpoint else None},
+                    "valid_pred": float(checkpoint["valid_pred"]) if "valid_pred" in checkpoint else None,
+                    "pretraining_data": RELEASES[family]["data"]},
         description=f"MIS-FM {family} from a PyMIC checkpoint; a pretrained backbone to fine-tune",
     )
     return sd, card

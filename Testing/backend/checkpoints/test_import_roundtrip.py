@@ -76,21 +76,24 @@ def test_pymic_fmunet(tmp_path, capsys):
     assert loaded.card.architecture["res_mode"] == 1
 
 
-def test_suprem_unet_universal_checkpoint_keeps_the_backbone_and_initialises_the_head(tmp_path, capsys):
+def test_suprem_unet_universal_checkpoint_keeps_its_trained_32_class_head(tmp_path, capsys):
+    from tsfm_backend.formats.suprem import UNIVERSAL_32
+
     torch.manual_seed(4)
-    network = suprem.build("unet", 1, 2)
+    network = suprem.build("unet", 1, 32, head="universal")
+    with torch.no_grad():
+        network.organ_embedding.normal_()  # the CLIP text embeddings of the 32 classes
     path = write_suprem_checkpoint(tmp_path / "supervised_suprem_unet_2100.pth", network, universal=True)
     out = _import(capsys, path, "--id", "suprem-unet")
     assert "format:        suprem" in out and "license:       CC-BY-NC-ND-4.0" in out
-    loaded = load_model("suprem-unet")
-    for key, value in network.state_dict().items():
-        if not key.startswith("out_tr."):
-            assert torch.equal(loaded.network.state_dict()[key], value), key
-    assert loaded.card.provenance["head"].startswith("initialised")
-    assert loaded.card.provenance["unused_keys"] == 3
-    assert loaded.card.axis_order == "ras" and loaded.card.normalization["scheme"] == "hu_window"
-    with torch.no_grad():
-        assert loaded.network(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    assert "classes:       spleen, kidney_right, kidney_left" in out and "head:" not in out
+    loaded = _same_output("suprem-unet", network, torch.randn(1, 1, 16, 16, 16))
+    card = loaded.card
+    assert card.architecture == {"backbone": "unet", "in_channels": 1, "num_classes": 32, "head": "universal"}
+    assert card.classes == dict(enumerate(UNIVERSAL_32, start=1)) and card.output == "sigmoid"
+    assert card.head_trained and card.provenance["head"] == "from the checkpoint (Universal Model)"
+    assert card.provenance["unused_keys"] == 0
+    assert card.axis_order == "ras" and card.normalization == {"scheme": "hu_window", "lower": -175.0, "upper": 250.0}
 
 
 def test_suprem_segresnet_bare_checkpoint_with_its_25_class_head(tmp_path, capsys):
@@ -104,7 +107,7 @@ def test_suprem_segresnet_bare_checkpoint_with_its_25_class_head(tmp_path, capsy
 
 
 def test_suprem_checkpoint_missing_backbone_weights_names_them(tmp_path):
-    network = suprem.build("unet", 1, 2)
+    network = suprem.build("unet", 1, 32, head="universal")
     path = write_suprem_checkpoint(tmp_path / "broken.pth", network, universal=True)
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["net"]["module.backbone.down_tr128.ops.0.conv1.weight"]
@@ -133,9 +136,9 @@ def test_3dsam_adapter_layout_is_handed_to_the_promptable_family(tmp_path, capsy
     path = tmp_path / "best.pth.tar"
     torch.save({"epoch": 500, "encoder_dict": encoder, "decoder_dict": dict(network.mask_decoder.state_dict()),
                 "feature_dict": [prompt] * 4}, path)
-    out = _import(capsys, path, "--id", "sam-tiny")
+    out = _import(capsys, path, "--id", "sam-tiny", "--dataset", "kits")
     assert "format:        sam3d" in out and "family:        sam3d" in out
     loaded = load_model("sam-tiny")
-    assert loaded.card.kind == "promptable"
+    assert loaded.card.kind == "promptable" and loaded.card.classes == {1: "kidney tumor"}
     for key, value in network.state_dict().items():
         assert torch.equal(loaded.network.state_dict()[key], value), key

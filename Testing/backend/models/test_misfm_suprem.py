@@ -121,3 +121,53 @@ def test_suprem_unet_normalises_with_batch_statistics_in_eval_without_touching_r
         # Scaling the input is undone by the first batch norm (zero padding keeps the conv linear).
         torch.testing.assert_close(network(x * 3), y, atol=1e-4, rtol=1e-3)
     assert torch.equal(bn.running_mean, before)
+
+
+def _published_universal_logits(network, x):
+    """The Universal Model head written out as SuPreM's paper and code define it, one sample at a time:
+    all classes' generated 1x1x1 convs run as one grouped conv over the repeated 8-channel features."""
+    bottleneck, decoded = suprem.unet_features(network, x)
+    task = F.relu(network.text_to_vision(network.organ_embedding))[:, :, None, None, None]
+    pooled = network.GAP(bottleneck)
+    n = task.shape[0]
+    per_sample = []
+    for i in range(x.shape[0]):
+        params = network.controller(torch.cat([pooled[i : i + 1].repeat(n, 1, 1, 1, 1), task], 1)).flatten(1)
+        features = network.precls_conv(decoded[i : i + 1]).repeat(n, 1, 1, 1, 1)
+        depth, height, width = features.shape[2:]
+        y = features.reshape(1, n * 8, depth, height, width)
+        chunks = torch.split(params, [64, 64, 8, 8, 8, 1], dim=1)
+        layers = [(chunks[0].reshape(n * 8, 8, 1, 1, 1), chunks[3].reshape(n * 8)),
+                  (chunks[1].reshape(n * 8, 8, 1, 1, 1), chunks[4].reshape(n * 8)),
+                  (chunks[2].reshape(n, 8, 1, 1, 1), chunks[5].reshape(n))]
+        for index, (weight, bias) in enumerate(layers):
+            y = F.conv3d(y, weight, bias, groups=n)
+            y = F.relu(y) if index < 2 else y
+        per_sample.append(y.reshape(1, n, depth, height, width))
+    return torch.cat(per_sample)
+
+
+def test_suprem_universal_head_has_the_released_keys_and_computes_the_published_head():
+    torch.manual_seed(0)
+    network = suprem.build("unet", 1, 11, head="universal").eval()  # 11 > CLASS_CHUNK: heads run in chunks
+    shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    assert list(shapes)[0] == "organ_embedding" and shapes["organ_embedding"] == (11, 512)
+    assert shapes["controller.weight"] == (153, 512, 1, 1, 1) and shapes["text_to_vision.weight"] == (256, 512)
+    assert shapes["precls_conv.2.weight"] == (8, 64, 1, 1, 1) and shapes["GAP.3.weight"] == (256, 512, 1, 1, 1)
+    assert "out_tr.final_conv.weight" not in shapes and "down_tr64.ops.0.conv1.weight" in shapes
+    with torch.no_grad():
+        network.organ_embedding.normal_()
+        x = torch.randn(2, 1, 16, 16, 16)
+        torch.testing.assert_close(network(x), _published_universal_logits(network, x))
+
+
+def test_swin_features_are_monai_swinunetr_without_its_output_conv():
+    torch.manual_seed(0)
+    network = suprem.build("swinunetr", 1, 3, preset="tiny-swinunetr").eval()
+    x = torch.randn(1, 1, 32, 32, 64)
+    with torch.no_grad():
+        bottleneck, decoded = suprem.swin_features(network, x)
+        torch.testing.assert_close(network.out(decoded), network(x))
+    assert bottleneck.shape == (1, 192, 1, 1, 2) and decoded.shape == (1, 12, 32, 32, 64)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        suprem.swin_features(network, torch.randn(1, 1, 32, 32, 48))

@@ -19,6 +19,7 @@ from torch import nn
 from .model import CropEmbedding, Sam3D
 from .official import (
     DATASETS,
+    check_dataset,
     convert_official_checkpoint,
     from_official_checkpoint,
     is_official_checkpoint,
@@ -37,6 +38,7 @@ __all__ = [
     "CropEmbedding",
     "Sam3D",
     "build",
+    "check_dataset",
     "convert_official_checkpoint",
     "from_official_checkpoint",
     "init_from_sam",

@@ -33,41 +33,57 @@ from .presets import PRESETS
 
 PARTS = ("encoder_dict", "decoder_dict", "feature_dict")
 
-# Per published dataset: HU clip, global foreground mean/std (from the authors' data loader) and target.
+# Per published dataset, exactly as the authors' data loader sets them (3DSAM-adapter
+# ``dataset/datasets.py``, ``_set_dataset_stat``): HU clip ``intensity_range``, global foreground
+# ``global_mean`` / ``global_std`` and the target (``target_class``) the model segments.
 DATASETS: dict[str, dict[str, Any]] = {
     "kits": {
         "lower": -54.0,
         "upper": 247.0,
-        "mean": 59.54,
-        "std": 55.46,
+        "mean": 59.53867,
+        "std": 55.457336,
         "name": "kidney tumor",
         "data": "KiTS21",
     },
     "lits": {
         "lower": -48.0,
         "upper": 163.0,
-        "mean": 60.06,
-        "std": 40.20,
+        "mean": 60.057533,
+        "std": 40.198017,
         "name": "liver tumor",
         "data": "LiTS17",
     },
     "pancreas": {
         "lower": -39.0,
         "upper": 204.0,
-        "mean": 68.45,
-        "std": 63.42,
+        "mean": 68.45214,
+        "std": 63.422806,
         "name": "pancreas tumor",
         "data": "MSD Pancreas",
     },
     "colon": {
         "lower": -57.0,
         "upper": 175.0,
-        "mean": 65.18,
-        "std": 32.65,
+        "mean": 65.175035,
+        "std": 32.651197,
         "name": "colon cancer",
         "data": "MSD Colon",
     },
 }
+
+
+def check_dataset(dataset: str | None) -> str:
+    """``dataset`` when it names a published model; CheckpointError listing the choices otherwise."""
+    if dataset not in DATASETS:
+        choices = ", ".join(DATASETS)
+        if dataset is None:
+            raise CheckpointError(
+                "which dataset is this 3DSAM-adapter model trained on? The weights cannot tell, and its "
+                f"normalisation depends on it: give one of {choices} (tsfm-backend import --dataset NAME)"
+            )
+        raise CheckpointError(f"unknown 3DSAM-adapter dataset {dataset!r}; choose one of {choices}")
+    return dataset
+
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -161,16 +177,15 @@ def _scalar(value: Any) -> Any:
 
 
 def sam3d_card(
-    architecture: Mapping[str, Any], dataset: str = "kits", model_id: str | None = None, **provenance: Any
+    architecture: Mapping[str, Any], dataset: str | None, model_id: str | None = None, **provenance: Any
 ) -> ModelCard:
     """The card of a 3DSAM-adapter model: 1 mm crops, the dataset's HU clip and global z-score, 3 channels.
 
-    Crop axes (A0, A1, A2) are the array axes (K, J, I), A0 = the slice axis, as the authors' loader
-    gives them.
+    ``dataset`` is one of ``DATASETS`` (``kits``, ``lits``, ``pancreas``, ``colon``); there is no default,
+    since each published model has its own intensity statistics. Crop axes (A0, A1, A2) are the array
+    axes (K, J, I), A0 = the slice axis, as the authors' loader gives them.
     """
-    if dataset not in DATASETS:
-        raise CheckpointError(f"unknown 3DSAM-adapter dataset {dataset!r}; known: {sorted(DATASETS)}")
-    stats = DATASETS[dataset]
+    stats = DATASETS[check_dataset(dataset)]
     crop = int(architecture["crop_size"])
     return ModelCard(
         id=model_id or f"sam3d-{dataset}",
@@ -206,7 +221,7 @@ def is_official_checkpoint(checkpoint: Any) -> bool:
 
 
 def convert_official_checkpoint(
-    checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
+    checkpoint: Mapping[str, Any], *, dataset: str | None, model_id: str | None = None
 ) -> tuple[dict[str, torch.Tensor], ModelCard]:
     """(``Sam3D`` state_dict, card) from an authors' checkpoint dict, without building the network.
 
@@ -235,14 +250,14 @@ def convert_official_checkpoint(
 
 
 def from_official_checkpoint(
-    checkpoint: Mapping[str, Any], *, dataset: str = "kits", model_id: str | None = None
+    checkpoint: Mapping[str, Any], *, dataset: str | None, model_id: str | None = None
 ) -> tuple[nn.Module, ModelCard]:
     """Build ``Sam3D`` from an authors' checkpoint dict (as ``torch.load(weights_only=True)`` returns it).
 
     Args:
         checkpoint: ``{"encoder_dict", "decoder_dict", "feature_dict": [4], ...}``, the authors' key names.
         dataset: which published model it is (``kits``, ``lits``, ``pancreas``, ``colon``): sets the card's
-            intensity normalisation and class name.
+            intensity normalisation and class name. Required: None raises CheckpointError.
         model_id: card id; defaults to ``sam3d-<dataset>``.
     Returns:
         (network in eval mode on the CPU, card).
