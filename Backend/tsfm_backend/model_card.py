@@ -43,9 +43,14 @@ class ModelCard:
         axis_order: ``kji`` (arrays as stored, SimpleITK order) or ``ras`` (reoriented to RAS first).
         normalization: ``{"scheme": one of NORMALIZATION_SCHEMES, ...parameters}``; parameters are
             ``lower``/``upper`` (HU clip or window), ``output_range`` (what a ``hu_window`` maps to,
-            default [0, 1]) and ``mean``/``std`` (dataset statistics);
+            default [0, 1]), ``mean``/``std`` (dataset statistics) and ``after_resampling`` (true:
+            normalise on the network grid, after resampling, as MONAI pipelines that resample before
+            ``ScaleIntensityRange`` do; default false: normalise first, the nnU-Net order);
             ``by_modality`` holds one such entry per modality (``tsfm_backend.modality``).
         patch_size: sliding-window patch (or interactive crop) in voxels, (K, J, I) order.
+        sliding_window_step: the window stride, as a fraction of the patch, that automatic segmentation
+            uses unless a job asks for another (0.5 = 50 % overlap, nnU-Net's; 0.25 = MONAI's
+            ``overlap=0.75``).
         output: ``softmax`` (one label per voxel) or ``sigmoid`` (independent classes).
         license: license of the weights (SPDX id or a short phrase).
         provenance: where the weights came from: source file, training data, commit, metrics.
@@ -65,6 +70,7 @@ class ModelCard:
     axis_order: str = "kji"
     normalization: dict[str, Any] = field(default_factory=lambda: {"scheme": "zscore"})
     patch_size: tuple[int, int, int] = (128, 128, 128)
+    sliding_window_step: float = 0.5
     output: str = "softmax"
     license: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +98,12 @@ class ModelCard:
         scheme = self.normalization.get("scheme")
         if scheme not in NORMALIZATION_SCHEMES:
             raise ModelCardError(f"normalization scheme {scheme!r} is not one of {NORMALIZATION_SCHEMES}")
+        if not isinstance(self.normalization.get("after_resampling", False), bool):
+            raise ModelCardError("normalization after_resampling must be true or false, "
+                                 f"got {self.normalization['after_resampling']!r}")
+        step = self.sliding_window_step
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+            raise ModelCardError(f"sliding_window_step must be a number in (0, 1], got {step!r}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ModelCardError(f"spacing must be three positive numbers in mm, got {self.spacing}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:

@@ -5,7 +5,9 @@ axes so they point to Right, Anterior, Superior), optionally crop to the body's 
 normalise (per-image z-score, CT clip + dataset z-score, or HU window to [0, 1]), then resample
 linearly to the card spacing with torch on the chosen device. Normalising before resampling is the
 nnU-Net v2 order; for the z-score schemes it is identical to normalising after, because linear
-interpolation commutes with an affine intensity map.
+interpolation commutes with an affine intensity map. Clipping does not commute with it: a card whose
+normalisation says ``after_resampling`` (SuPreM's MONAI pipeline: ``Spacingd``, then
+``ScaleIntensityRanged(clip=True)``) resamples the raw intensities first and clips on the network grid.
 
 Inverse: the network grid maps back to the input grid by the same voxel-centre convention in both
 directions, ``source = (target + 0.5) * source_size / target_size - 0.5`` per axis (the convention
@@ -189,6 +191,14 @@ def resample_linear(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.T
     return F.interpolate(image[None], size=shape, mode="trilinear", align_corners=False)[0]
 
 
+def normalize_and_resample(image: torch.Tensor, normalization: dict, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(C, Z, Y, X) raw intensities -> normalised (C, *shape), in the order the card's normalisation
+    gives: resampled first when it says ``after_resampling``, else normalised first."""
+    if normalization.get("after_resampling", False):
+        return normalize(resample_linear(image, shape), normalization)
+    return resample_linear(normalize(image, normalization), shape)
+
+
 def prepare(
     volume: Volume,
     card: ModelCard,
@@ -218,7 +228,7 @@ def prepare(
     network_spacing = tuple(n * s / m for n, s, m in zip(source.shape, spacing, network_shape, strict=True))
     raw = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)).to(device)[None]
     threshold = body_threshold(source) if with_body else None
-    image = resample_linear(normalize(raw, card.normalization), network_shape)
+    image = normalize_and_resample(raw, card.normalization, network_shape)
     body = None
     if threshold is not None:
         body = resample_linear((raw > threshold).to(torch.float32), network_shape)[0] > 0

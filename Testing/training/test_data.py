@@ -142,6 +142,26 @@ def test_prepare_case_matches_backend_grid_and_cache_reuses(tmp_path, shared_dat
     assert cache.key(case, other) != cache.key(case, settings)
 
 
+def test_prepare_case_resamples_before_the_window_when_the_card_says_so(tmp_path, shared_data):
+    from tsfm_backend.image_io import read_volume
+    from tsfm_backend.model_card import ModelCard
+    from tsfm_backend.preprocessing import prepare
+
+    root = write_nnunet_dataset(tmp_path / "Dataset002", shared_data, ["STS_001"], {"background": 0, "tumour": 1},
+                                label_value=1)
+    case = read_dataset(root).cases[0]
+    volume = read_volume(case.images[0])
+    lower, upper = (float(v) for v in np.percentile(volume.array, [30, 70]))  # a window that clips this image
+    spacing, window = (6.54, 1.953124, 1.953124), {"scheme": "hu_window", "lower": lower, "upper": upper}
+    after = prepare_case(case, Preprocessing(spacing, "kji", {**window, "after_resampling": True}))
+    before = prepare_case(case, Preprocessing(spacing, "kji", window))
+    card = ModelCard(id="c", family="stunet", architecture={}, spacing=spacing,
+                     normalization={**window, "after_resampling": True})
+    backend = prepare(volume, card, with_body=False).image.numpy()
+    np.testing.assert_allclose(after.image, backend, rtol=0, atol=1e-6)
+    assert np.abs(after.image - before.image).max() > 0.01
+
+
 def test_patch_batches_oversample_foreground_and_replay_by_step(shared_data):
     ct, mask = small_sts_case(shared_data)
     from tsfm_training.data.preprocess import PreparedCase

@@ -54,7 +54,8 @@ def describe(card, fmt: str) -> list[str]:
         f"preset:        {preset or '-'}",
         f"classes:       {shown or '-'}",
         f"spacing:       {spacing}",
-        f"patch:         {' x '.join(str(p) for p in card.patch_size)} voxels (z, y, x)",
+        f"patch:         {' x '.join(str(p) for p in card.patch_size)} voxels (z, y, x), "
+        f"sliding-window step {card.sliding_window_step:g}",
         f"normalization: {_normalization(card.normalization)}",
         f"license:       {card.license}",
         *([] if card.head_trained else ["head:          new and untrained: fine-tune before segmenting"]),
@@ -72,6 +73,8 @@ def _normalization(normalization: dict) -> str:
         parts.append(f"-> [{low:g}, {high:g}]")
     if "mean" in normalization and "std" in normalization:
         parts.append(f"mean {normalization['mean']:.8g}, std {normalization['std']:.8g}")
+    if normalization.get("after_resampling"):
+        parts.append("(after resampling)")
     return " ".join(parts)
 
 

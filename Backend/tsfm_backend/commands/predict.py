@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="output file (one case) or folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument(
-        "--step", type=float, default=0.5, help="window stride as a fraction of the patch (0.5)"
+        "--step", type=float, default=None,
+        help="window stride as a fraction of the patch (default: the model's, 0.5 for most)"
     )
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     parser.add_argument(
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
-    if not 0 < args.step <= 1:
+    if args.step is not None and not 0 < args.step <= 1:
         raise ValueError(f"--step must be in (0, 1], got {args.step}")
     if args.max_windows < 1 or not args.max_job_gb > 0:
         raise ValueError("--max-windows must be at least 1 and --max-job-gb positive")

@@ -24,6 +24,7 @@ from tsfm_backend.formats.errors import CheckpointError
 from tsfm_backend.formats.nnunet_common import default_model_id, strip_prefix
 from tsfm_backend.model_card import ModelCard
 from tsfm_backend.models import suprem
+from tsfm_backend.models.patch_merging import LEGACY as LEGACY_PATCH_MERGING
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,19 @@ UNIVERSAL_32 = (
     "hepatic_vessel_tumor", "lung_tumor", "colon_tumor", "kidney_cyst",
 )
 CLASS_LISTS = {len(names): names for names in (UNIVERSAL_32, ABDOMENATLAS_1_1, ABDOMENATLAS_1_0)}
+# The authors' inference (direct_inference/dataset/dataloader_test.py:437-452) and pretraining
+# (supervised_pretraining/dataset/dataloader_bdmap.py:173-186): Orientationd RAS, Spacingd 1.5 mm
+# bilinear, then ScaleIntensityRanged(-175, 250 -> 0, 1, clip=True), so the window is applied on the
+# resampled grid. Their sliding window (direct_inference/inference.py:48 and :177, overlap 0.75, mode
+# "gaussian") strides a quarter of the 96^3 patch.
+NORMALIZATION = {"scheme": "hu_window", "lower": -175.0, "upper": 250.0, "after_resampling": True}
+SLIDING_WINDOW_STEP = 0.25
 # MONAI SwinUNETR constructor defaults, recorded in the card only where a file differs.
 SWIN_DEFAULTS = {"depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24], "window_size": 7}
+# What the weights cannot tell: SuPreM's SwinUNETR is a copy of MONAI 0.9.0's (requirements.txt pins
+# monai==0.9.0; supervised_pretraining/backbone/swinunetr.py:684-692 and direct_inference/model/
+# SwinUNETR.py:684-692 merge patches as MONAI did before 1.5; tsfm_backend.models.patch_merging).
+SWIN_RELEASE = {"patch_merging": LEGACY_PATCH_MERGING}
 
 
 def matches(checkpoint: Any) -> bool:
@@ -116,7 +128,7 @@ def from_checkpoint(checkpoint: dict, path: Path, model_id: str | None = None) -
         outside = {k: v for k, v in stored.items() if not k.startswith("backbone.")}
     try:
         backbone = _backbone_of(set(weights))
-        body = swin_architecture(weights) if backbone == "swinunetr" else {}
+        body = {**swin_architecture(weights), **SWIN_RELEASE} if backbone == "swinunetr" else {}
         in_channels = _in_channels(backbone, weights)
         universal = "controller.weight" in outside
         if universal:
@@ -169,8 +181,9 @@ def from_checkpoint(checkpoint: dict, path: Path, model_id: str | None = None) -
         in_channels=in_channels,
         spacing=(1.5, 1.5, 1.5),
         axis_order="ras",
-        normalization={"scheme": "hu_window", "lower": -175.0, "upper": 250.0},
+        normalization=dict(NORMALIZATION),
         patch_size=(96, 96, 96),
+        sliding_window_step=SLIDING_WINDOW_STEP,
         output=output,
         license="CC-BY-NC-ND-4.0",
         provenance={"format": "suprem", "source": str(path), "epoch": checkpoint.get("epoch"),

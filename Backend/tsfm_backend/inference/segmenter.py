@@ -60,7 +60,8 @@ class SegmentOptions:
     """How to run automatic segmentation.
 
     Attributes:
-        step: window stride as a fraction of the patch (0.5 = 50 % overlap).
+        step: window stride as a fraction of the patch (0.5 = 50 % overlap); None: the model card's
+            ``sliding_window_step`` (0.5 unless the weights' authors used another).
         tta: average the 8 mirrored copies of every window (8x slower).
         batch_size: windows per forward pass.
         fast: argmax on the network grid, then nearest-neighbour back (less memory and time).
@@ -72,7 +73,7 @@ class SegmentOptions:
         skip_outside_body: do not run windows that contain no body voxel; they become background.
     """
 
-    step: float = 0.5
+    step: float | None = None
     tta: bool = False
     batch_size: int = 1
     fast: bool = False
@@ -120,6 +121,11 @@ class SegmentPlan:
     working_bytes: int | float
 
 
+def window_step(card: ModelCard, options: SegmentOptions) -> float:
+    """The stride a segmentation uses: the options' own, else the card's ``sliding_window_step``."""
+    return card.sliding_window_step if options.step is None else options.step
+
+
 def plan_segmentation(card: ModelCard, volume: Volume, options: SegmentOptions) -> SegmentPlan:
     """The windows and memory ``segment_volume`` would need for ``volume``, before anything is allocated.
 
@@ -134,7 +140,8 @@ def plan_segmentation(card: ModelCard, volume: Volume, options: SegmentOptions) 
     targets = card.spacing if card.spacing is not None else (None, None, None)
     resampled = [_resampled_size(n, s, t) for n, s, t in zip(shape, spacing, targets, strict=True)]
     grid = tuple(max(n, p) for n, p in zip(resampled, card.patch_size, strict=True))
-    per_axis = tuple(window_count(n, p, options.step) if isinstance(n, int) else n / (p * options.step) + 1
+    step = window_step(card, options)
+    per_axis = tuple(window_count(n, p, step) if isinstance(n, int) else n / (p * step) + 1
                      for n, p in zip(grid, card.patch_size, strict=True))
     windows = math.prod(per_axis)
     rows = _ring_rows(grid, card.patch_size, per_axis, options.batch_size)
@@ -163,7 +170,7 @@ def check_plan(
     if max_windows is not None and plan.windows > max_windows:
         per_axis = " x ".join(format_count(n) for n in plan.windows_per_axis)
         raise JobTooLarge(
-            f"{names.step} {options.step:g} asks for {format_count(plan.windows)} windows ({per_axis}) of "
+            f"{names.step} {window_step(card, options):g} asks for {format_count(plan.windows)} windows ({per_axis}) of "
             f"{_dims(card.patch_size)} voxels over the {_dims(plan.grid)} grid model {card.id!r} sees; at most "
             f"{max_windows:,} are allowed ({names.max_windows}): use a larger step or a smaller image",
             names.max_windows)
@@ -386,7 +393,7 @@ def segment_volume(
             card.patch_size,
             card.num_classes,
             on_slab,
-            step=options.step,
+            step=window_step(card, options),
             batch_size=options.batch_size,
             body=body,
             empty_logits=empty,

@@ -6,6 +6,9 @@
   network does; in eval mode it leaves the running statistics untouched.
 - ``swinunetr``: MONAI ``SwinUNETR(feature_size=48)``; ``segresnet``: MONAI ``SegResNet(init_filters=16,
   blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))``. Their keys are MONAI's, which the checkpoints use.
+  ``patch_merging`` picks the order in which SwinUNETR's patch merging concatenates the 2x2x2 neighbours
+  (``tsfm_backend.models.patch_merging``): ``"monai<1.5"`` for the released SuPreM files (trained with
+  MONAI 0.9.0's copy), ``"monai>=1.5"`` (the default) for networks made with a current MONAI.
 
 ``head="universal"`` (unet and swinunetr) replaces the conv head with the CLIP-driven Universal Model head
 the released ``supervised_suprem_{unet,swinunetr}_2100.pth`` files were trained with: ``GAP`` pools the
@@ -263,8 +266,11 @@ def _body(backbone: str, in_channels: int, num_classes: int, kwargs: dict) -> nn
     if backbone == "swinunetr":
         from monai.networks.nets import SwinUNETR
 
+        from tsfm_backend.models.patch_merging import CURRENT, merging_class
+
+        downsample = merging_class(kwargs.pop("patch_merging", CURRENT))
         kwargs.setdefault("feature_size", 48)
-        return SwinUNETR(in_channels=in_channels, out_channels=num_classes, **kwargs)
+        return SwinUNETR(in_channels=in_channels, out_channels=num_classes, downsample=downsample, **kwargs)
     if backbone == "segresnet":
         from monai.networks.nets import SegResNet
 

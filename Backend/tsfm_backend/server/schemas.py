@@ -89,7 +89,8 @@ class ImageInfo(BaseModel):
 class JobOptions(Strict):
     """Options of an automatic job (the fields of ``inference.segmenter.SegmentOptions``)."""
 
-    step: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    step: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = Field(
+        None, description="window stride as a fraction of the patch; null: the model's own (0.5 for most)")
     tta: StrictBool = False
     batch_size: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
     fast: StrictBool = False

@@ -49,7 +49,7 @@ def test_suprem_swinunetr_backbone_imports_saves_and_loads_without_the_meta_devi
     assert "family:        suprem" in out and "head:          new and untrained" in out
     loaded = load_model("swin")
     assert loaded.card.architecture == {"backbone": "swinunetr", "in_channels": 1, "feature_size": 12,
-                                        "depths": [1, 1, 1, 1], "num_classes": 2}
+                                        "depths": [1, 1, 1, 1], "patch_merging": "monai<1.5", "num_classes": 2}
     assert not loaded.card.head_trained and loaded.card.provenance["head"].startswith("initialised")
     _equal_weights(loaded.network, network, skip=("out.",))
     folder = save_model(loaded.network, loaded.card, tmp_path / "copy")  # MONAI cannot build on meta
@@ -69,9 +69,14 @@ def test_suprem_swinunetr_universal_file_keeps_its_trained_head_and_class_names(
     loaded = load_model("supervised_suprem_swinunetr_2100")
     card = loaded.card
     assert card.architecture == {"backbone": "swinunetr", "in_channels": 1, "feature_size": 12,
-                                 "depths": [1, 1, 1, 1], "num_classes": 32, "head": "universal", "head_groups": 4}
+                                 "depths": [1, 1, 1, 1], "patch_merging": "monai<1.5", "num_classes": 32,
+                                 "head": "universal", "head_groups": 4}
     assert card.classes[1] == "spleen" and card.classes[32] == "kidney_cyst" and len(card.classes) == 32
     assert card.output == "sigmoid" and card.num_classes == 32 and card.head_trained
+    # The authors' inference: resample to 1.5 mm, then clip to [-175, 250] HU; MONAI overlap 0.75.
+    assert card.normalization == {"scheme": "hu_window", "lower": -175.0, "upper": 250.0, "after_resampling": True}
+    assert card.sliding_window_step == 0.25 and card.patch_size == (96, 96, 96)
+    assert "normalization: hu_window [-175, 250] HU (after resampling)" in out and "step 0.25" in out
     _equal_weights(loaded.network, network)
 
 

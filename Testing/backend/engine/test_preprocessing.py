@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from tsfm_backend.model_card import ModelCard
+from tsfm_backend.model_card import ModelCard, ModelCardError
 from tsfm_backend.preprocessing import (
     body_bounding_box,
     labels_to_source,
@@ -159,3 +159,53 @@ def test_multichannel_card_is_refused():
     volume = Volume(np.zeros((4, 4, 4), np.float32))
     with pytest.raises(ValueError, match="3 input channels"):
         prepare(volume, card(in_channels=3))
+
+
+def _synthetic_ct() -> Volume:
+    """A 10 x 24 x 24 CT at 0.8 x 0.8 x 3 mm (I, J, K): air, fat, soft tissue and bone edges, so that
+    values outside [-175, 250] HU lie next to values inside it along every axis."""
+    k, j, i = np.meshgrid(np.arange(10), np.arange(24), np.arange(24), indexing="ij")
+    array = np.full((10, 24, 24), -1000.0, dtype=np.float32)
+    body = ((j - 12) / 10.0) ** 2 + ((i - 12) / 11.0) ** 2 < 1
+    array[body] = -100.0
+    array[body & (((j - 12) / 7.0) ** 2 + ((i - 11) / 8.0) ** 2 < 1)] = 45.0
+    array[body & (np.abs(j - 15) + np.abs(i - 12) < 3)] = 900.0
+    array[(k % 4 == 0) & body & (i > 16)] = 1400.0
+    return Volume(array.astype(np.int16), spacing=(0.8, 0.8, 3.0))
+
+
+def test_a_suprem_card_resamples_before_clipping_as_the_authors_do(tmp_path):
+    """SuPreM's inference: Spacingd to 1.5 mm, then ScaleIntensityRanged(-175, 250, clip=True), and a sliding
+    window with MONAI overlap 0.75; the importer's card says both, and ``prepare`` follows it."""
+    from support.official_checkpoints import write_suprem_checkpoint
+    from tsfm_backend.checkpoints import read_checkpoint
+    from tsfm_backend.models import suprem
+
+    network = suprem.build("swinunetr", 1, 2, preset="tiny-swinunetr")
+    _, suprem_card, _ = read_checkpoint(write_suprem_checkpoint(tmp_path / "suprem.pth", network, universal=False))
+    assert suprem_card.sliding_window_step == 0.25 and suprem_card.spacing == (1.5, 1.5, 1.5)
+    assert suprem_card.normalization == {"scheme": "hu_window", "lower": -175.0, "upper": 250.0,
+                                         "after_resampling": True}
+    volume = _synthetic_ct()
+    prepared = prepare(volume, suprem_card)
+    permutation, flips = orientation(volume, "ras")
+    raw = torch.from_numpy(np.ascontiguousarray(reorient(volume.array, permutation, flips), dtype=np.float32))[None]
+    shape = prepared.grid.network_shape
+    assert shape == (13, 13, 20)  # R, A, S: the I, J, K axes at 1.5 mm
+    resampled_then_clipped = (resample_linear(raw, shape).clamp(-175, 250) + 175) / 425
+    clipped_then_resampled = resample_linear((raw.clamp(-175, 250) + 175) / 425, shape)
+    torch.testing.assert_close(prepared.image, resampled_then_clipped, rtol=0, atol=1e-6)
+    assert (clipped_then_resampled - resampled_then_clipped).abs().max() > 0.1, "the order matters on this CT"
+    # Cards that do not say so keep normalising first (nnU-Net's order).
+    plain = card(spacing=(1.5, 1.5, 1.5), axis_order="ras",
+                 normalization={"scheme": "hu_window", "lower": -175.0, "upper": 250.0})
+    torch.testing.assert_close(prepare(volume, plain).image, clipped_then_resampled, rtol=0, atol=1e-6)
+
+
+def test_normalisation_order_and_window_step_are_checked_in_cards():
+    assert card().sliding_window_step == 0.5 and "after_resampling" not in card().normalization
+    with pytest.raises(ModelCardError, match="after_resampling must be true or false"):
+        card(normalization={"scheme": "none", "after_resampling": "yes"})
+    for bad in (0, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ModelCardError, match="sliding_window_step must be a number in"):
+            card(sliding_window_step=bad)

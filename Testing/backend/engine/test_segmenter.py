@@ -201,6 +201,31 @@ def test_the_plan_counts_the_windows_segment_volume_runs():
     assert plan.grid == volume.shape and plan.windows == int(seen[-1].split()[-1])
 
 
+def test_the_card_s_window_step_applies_unless_the_job_gives_one(monkeypatch):
+    import tsfm_backend.inference.segmenter as segmenter
+
+    used = []
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        used.append(kwargs["step"])
+        return real(*args, **kwargs)
+
+    real = segmenter.sliding_window
+    monkeypatch.setattr(segmenter, "sliding_window", recording)
+    volume = ellipsoid_volume(np.eye(3))
+    model = threshold_model(spacing=None, patch_size=(8, 8, 8), sliding_window_step=0.25)  # MONAI overlap 0.75
+    default = SegmentOptions(skip_outside_body=False)
+    assert default.step is None
+    quarter = segment_volume(model, volume, default).labels
+    half = segment_volume(model, volume, SegmentOptions(step=0.5, skip_outside_body=False)).labels
+    assert used == [0.25, 0.5]
+    # 20 x 30 x 26 voxels, patch 8: strides of at most 2 voxels, or of at most 4 at the default step 0.5.
+    assert plan_segmentation(model.card, volume, default).windows_per_axis == (7, 12, 10)
+    assert plan_segmentation(threshold_model(spacing=None, patch_size=(8, 8, 8)).card, volume,
+                             default).windows_per_axis == (4, 7, 6)
+    np.testing.assert_array_equal(quarter, half)  # a pointwise network: the overlap changes nothing here
+
+
 @pytest.mark.parametrize("step", [1e-3, 1e-300, 5e-324])
 def test_a_job_asking_for_too_many_windows_is_refused_before_anything_is_allocated(monkeypatch, step):
     import tsfm_backend.inference.segmenter as segmenter

@@ -1,8 +1,9 @@
 """Preprocessing a case onto the network grid exactly as the backend does at inference, with a disk cache.
 
 Training must see what inference will feed the network, so the steps are the backend's own
-(``tsfm_backend.preprocessing``): reorient by the card's axis order, normalise by its scheme, resample
-linearly to its spacing; labels follow by nearest neighbour with the same voxel-centre convention.
+(``tsfm_backend.preprocessing``): reorient by the card's axis order, normalise by its scheme and resample
+linearly to its spacing (in the order its normalisation gives); labels follow by nearest neighbour with
+the same voxel-centre convention.
 Results are cached as ``.npy`` files (no pickle) keyed by the source files' size and modification time
 and the preprocessing settings, so a second run or a second recipe skips the work.
 """
@@ -54,10 +55,9 @@ def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
     from tsfm_backend.preprocessing import (
         nearest_source_indices,
         network_shape_for,
-        normalize,
+        normalize_and_resample,
         orientation,
         reorient,
-        resample_linear,
     )
 
     volumes = [read_volume(path) for path in case.images]
@@ -68,13 +68,13 @@ def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
                                f"first channel {reference.shape}")
     permutation, flips = orientation(reference, settings.axis_order)
     spacing = tuple(reference.spacing_kji[a] for a in permutation)
+    source_shape = tuple(reorient(reference.array, permutation, flips).shape)
+    shape = network_shape_for(source_shape, spacing, settings.spacing)
     channels = []
     for volume in volumes:
         source = torch.from_numpy(np.ascontiguousarray(reorient(volume.array, permutation, flips), dtype=np.float32))
-        channels.append(normalize(source[None], settings.normalization)[0])
-    source_shape = tuple(channels[0].shape)
-    shape = network_shape_for(source_shape, spacing, settings.spacing)
-    image = resample_linear(torch.stack(channels), shape).numpy().astype(np.float32)
+        channels.append(normalize_and_resample(source[None], settings.normalization, shape)[0])
+    image = torch.stack(channels).numpy().astype(np.float32)
     actual_spacing = tuple(float(n * s / m) for n, s, m in zip(source_shape, spacing, shape, strict=True))
 
     label = None

@@ -1,0 +1,122 @@
+"""SuPreM's SwinUNETR computes what the authors' MONAI 0.9.0 computes: the patch merging order.
+
+``reference_outputs/suprem_swinunetr_monai090.npz`` holds a SwinUNETR output computed by MONAI 0.9.0
+itself (``reference_outputs/make_suprem_swin_reference.py`` made it, in an environment of its own); the
+weights are rebuilt here from the same formula and checked against the digest stored with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.official_checkpoints import write_suprem_checkpoint
+from tsfm_backend.checkpoints import instantiate, read_checkpoint
+from tsfm_backend.models import patch_merging, suprem
+
+SCRIPT = Path(__file__).parents[1] / "reference_outputs" / "make_suprem_swin_reference.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("make_suprem_swin_reference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REFERENCE = _load_script()
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE.OUTPUT, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _network(**architecture) -> torch.nn.Module:
+    network = suprem.build("swinunetr", 1, 2, feature_size=12, **architecture).eval()
+    network.load_state_dict(REFERENCE.reference_weights(network.state_dict()), strict=True)
+    return network
+
+
+def _output(network: torch.nn.Module, reference: dict[str, np.ndarray]) -> torch.Tensor:
+    with torch.no_grad():
+        return network(torch.from_numpy(reference["input"].astype(np.float32)))
+
+
+def test_reference_is_small_and_from_monai_0_9(reference):
+    assert str(reference["monai_version"]).startswith("0.9.")
+    assert reference["input"].shape == (1, 1, 64, 32, 32) and reference["input"].dtype == np.float16
+    assert reference["output"].shape == (1, 2, 64, 32, 32) and reference["output"].dtype == np.float32
+    assert sum(path.stat().st_size for path in SCRIPT.parent.iterdir()) < 1 << 20
+
+
+@pytest.fixture(scope="module")
+def legacy() -> torch.nn.Module:
+    return _network(patch_merging="monai<1.5")
+
+
+@pytest.mark.slow
+def test_legacy_patch_merging_computes_monai_0_9_and_the_current_order_does_not(reference, legacy):
+    expected = torch.from_numpy(reference["output"])
+    assert REFERENCE.weights_digest(legacy.state_dict()) == str(reference["weights_sha256"])
+    torch.testing.assert_close(_output(legacy, reference), expected, rtol=0, atol=1e-5)
+    current = _output(_network(), reference)  # no flag: the order of MONAI 1.5 and later
+    assert (current - expected).abs().max() > 0.5
+
+
+def test_a_suprem_file_imports_with_the_legacy_order(tmp_path, legacy):
+    """The importer's card builds the network checked above: same merging layers, same weights."""
+    path = write_suprem_checkpoint(tmp_path / "suprem_swinunetr_finetuned.pth", legacy, universal=False)
+    state_dict, card, fmt = read_checkpoint(path)
+    assert fmt == "suprem" and card.architecture["patch_merging"] == "monai<1.5"
+    network = instantiate(card, state_dict)
+    for level in range(1, 5):
+        merging = getattr(network.swinViT, f"layers{level}")[0].downsample
+        assert type(merging) is patch_merging.PatchMergingBefore15
+    expected = legacy.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in network.state_dict().items())
+
+
+def _tokens() -> torch.Tensor:
+    """(1, 2, 2, 2, 1) tokens whose value names their (d, h, w) offset: 100 d + 10 h + w."""
+    d, h, w = torch.meshgrid(torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij")
+    return (100 * d + 10 * h + w).float()[None, ..., None]
+
+
+class _Gather(torch.nn.Module):
+    """Stands in for norm and reduction so the concatenated slices come out as they are."""
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize(("order", "gathered"), [
+    ("monai<1.5", [0, 100, 10, 1, 101, 10, 1, 111]),  # 010 and 001 twice, 110 and 011 never
+    ("monai>=1.5", [0, 100, 10, 1, 110, 101, 11, 111]),
+])
+def test_patch_merging_concatenates_the_neighbours_in_the_order_of_its_monai(order, gathered):
+    merging = patch_merging.merging_class(order)(dim=1)
+    merging.norm, merging.reduction = _Gather(), _Gather()
+    assert merging(_tokens()).flatten().tolist() == gathered
+
+
+def test_the_current_order_is_installed_monai_s_when_that_is_1_5_or_later():
+    import monai
+    from monai.networks.nets.swin_unetr import PatchMerging
+
+    if tuple(int(p) for p in monai.__version__.split(".")[:2]) < (1, 5):
+        pytest.skip(f"MONAI {monai.__version__} merges in the order before 1.5")
+    torch.manual_seed(0)
+    ours, theirs = patch_merging.merging_class("monai>=1.5")(dim=4), PatchMerging(dim=4)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 6, 8, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_an_unknown_patch_merging_order_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown patch_merging 'monai-0.8'"):
+        suprem.build("swinunetr", 1, 2, preset="tiny-swinunetr", patch_merging="monai-0.8")
