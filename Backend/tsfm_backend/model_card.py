@@ -18,6 +18,10 @@ KINDS = ("automatic", "promptable")
 AXIS_ORDERS = ("kji", "ras")
 NORMALIZATION_SCHEMES = ("zscore", "ct_clip_zscore", "hu_window", "by_modality", "none")
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
+# How a promptable sam3d model runs a click (``tsfm_backend.inference.interactive``): ``published`` as the
+# authors' test.py (whole volume resampled, crop on the clicks' midpoint; ``inference.sam3d_published``),
+# ``cached`` a cube of the card's patch at its spacing whose image embedding serves further clicks.
+PROCEDURES = ("published", "cached")
 
 
 class ModelCardError(ValueError):
@@ -58,6 +62,8 @@ class ModelCard:
         head_trained: False when the output head was made (randomly initialised) by an importer because
             the checkpoint holds only a backbone; such a model is a starting point for fine-tuning and
             segments nothing until then (``require_trained_head``).
+        procedure: for promptable ``sam3d`` models, ``published`` (the authors' evaluation procedure,
+            exactly) or ``cached`` (faster further clicks in one cube); None means ``published``.
     """
 
     id: str
@@ -76,6 +82,7 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     head_trained: bool = True
+    procedure: str | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -112,6 +119,8 @@ class ModelCard:
             raise ModelCardError("classes must not list label 0 (background)")
         if not isinstance(self.head_trained, bool):
             raise ModelCardError(f"head_trained must be true or false, got {self.head_trained!r}")
+        if self.procedure is not None and self.procedure not in PROCEDURES:
+            raise ModelCardError(f"procedure {self.procedure!r} is not one of {PROCEDURES}")
         if self.in_channels < 1:
             raise ModelCardError(f"in_channels must be at least 1, got {self.in_channels}")
         if self.format_version > CARD_FORMAT_VERSION:

@@ -12,9 +12,16 @@ image grid, its prompts and an undo/redo history. An interaction:
    negative click balls, box map, previous mask) and writes the thresholded result back into the ROI;
 4. returns a ``MaskUpdate`` holding only the bounding box of the voxels that changed.
 
-Models of family ``sam3d`` (3DSAM-adapter) run as published instead: a fixed cube at the card's spacing
-centred on the positive clicks, positive clicks only, and the image embedding cached per cube by
-``Sam3DPredictor``.
+Models of family ``sam3d`` (3DSAM-adapter) take positive clicks only and run one of two procedures, the
+card's ``procedure`` (or the session's ``procedure`` argument):
+
+- ``published`` (the default): the authors' ``test.py`` exactly (``inference.sam3d_published``): the whole
+  volume resampled to 1 mm and normalised once per session, a crop on the clicks' midpoint, zero padding,
+  the probability pasted back and resized to the image grid; the mask may change anywhere in the image;
+- ``cached``: a fixed cube of the card's patch at its spacing, centred on the clicks and kept while they
+  stay well inside it, so its image embedding (``Sam3DPredictor``) serves further clicks; faster, but
+  the cube is resampled on its own (clip before resampling, the image minimum outside), so masks differ
+  slightly from the published ones.
 
 Coordinates are voxel indices (k, j, i) of the session image; arrays are (K, J, I).
 """
@@ -36,6 +43,7 @@ from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.corrections import keep_changes_near
 from tsfm_backend.inference.roi import Roi
 from tsfm_backend.modality import canonical_modality, resolve_normalization
+from tsfm_backend.model_card import PROCEDURES
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize
 from tsfm_backend.volume import Volume
@@ -133,11 +141,13 @@ class InteractiveSession:
             connected changes that reach the click (``inference.corrections``).
         max_roi_voxels: the most image voxels a click's region holds (``MAX_ROI_VOXELS``); a larger
             region is shrunk evenly along its axes.
+        procedure: for a ``sam3d`` model, ``published`` or ``cached`` (see the module docstring); None
+            takes the card's ``procedure``, else ``published``.
     """
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
                  modality: str | None = None, local_corrections: bool = False,
-                 max_roi_voxels: int = MAX_ROI_VOXELS) -> None:
+                 max_roi_voxels: int = MAX_ROI_VOXELS, procedure: str | None = None) -> None:
         if max_roi_voxels < 1:
             raise ValueError(f"max_roi_voxels must be at least 1, got {max_roi_voxels}")
         self.max_roi_voxels = int(max_roi_voxels)
@@ -159,10 +169,15 @@ class InteractiveSession:
         self._lock = threading.Lock()
         self._image_cache: tuple[Roi, torch.Tensor] | None = None
         self._sam3d = None
+        self.procedure: str | None = None
+        self._published = None
+        if procedure is not None and procedure not in PROCEDURES:
+            raise ValueError(f"procedure {procedure!r} is not one of {PROCEDURES}")
         if card.family == "sam3d":
             from tsfm_backend.inference.sam3d_predictor import Sam3DPredictor
 
             self._sam3d = Sam3DPredictor(self.network, self.device)
+            self.procedure = procedure or card.procedure or "published"
             self.divisor: Voxel = (1, 1, 1)
         else:
             self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
@@ -190,7 +205,9 @@ class InteractiveSession:
             if state is None:
                 state = _Object(np.zeros(self.shape, dtype=np.uint8))
             prompts = _add_prompt(state.prompts, interaction)
-            if self._sam3d is not None:
+            if self._sam3d is not None and self.procedure == "published":
+                roi, region = self._predict_sam3d_published(prompts)
+            elif self._sam3d is not None:
                 roi, region = self._predict_sam3d(state.roi, prompts)
             else:
                 roi, region = self._predict_grown(state, prompts)
@@ -410,6 +427,24 @@ class InteractiveSession:
         probability = F.interpolate(probability[None, None].float(), size=roi.size, mode="trilinear",
                                     align_corners=False)
         return roi, (probability[0, 0] > 0.5).to(torch.uint8).cpu().numpy()
+
+    def _predict_sam3d_published(self, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """3DSAM-adapter as the authors evaluate it (``inference.sam3d_published``): a mask of the whole image.
+
+        The resampled, normalised volume is made on the first click and kept; the image embedding is
+        reused while the crop stays the same (clicks with the same midpoint).
+        """
+        from tsfm_backend.inference import sam3d_published
+
+        if self._published is None:
+            self._published = sam3d_published.prepare(self.volume.array, self.image_spacing, self.normalization)
+
+        def predict(crop: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+            return self._sam3d.predict(crop, points, crop_key="published", outside_ok=True)
+
+        mask = sam3d_published.predict(self._published, list(prompts.positive), predict,
+                                       int(self.card.patch_size[0]), int(self.card.in_channels))
+        return Roi(start=(0, 0, 0), size=self.shape, grid=self.shape), mask
 
     # ------------------------------------------------------------------------------- bookkeeping
     def _commit(self, object_id: int, state: _Object, roi: Roi, region: np.ndarray, prompts: _Prompts) -> MaskUpdate:

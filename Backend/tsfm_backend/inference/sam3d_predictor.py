@@ -76,7 +76,7 @@ class Sam3DPredictor:
         self.cache_size = cache_size
         self._cache: OrderedDict[Hashable, _CachedCrop] = OrderedDict()
 
-    def _check_inputs(self, crop: torch.Tensor, points_kji: torch.Tensor) -> None:
+    def _check_inputs(self, crop: torch.Tensor, points_kji: torch.Tensor, outside_ok: bool = False) -> None:
         expected = (1, self.in_channels, self.crop_size, self.crop_size, self.crop_size)
         if tuple(crop.shape) != expected:
             raise ValueError(f"crop must have shape {expected}, got {tuple(crop.shape)}")
@@ -87,7 +87,7 @@ class Sam3DPredictor:
         if points_kji.is_floating_point():
             raise ValueError(f"points_kji must be integer voxel indices, got {points_kji.dtype}")
         outside = (points_kji < 0) | (points_kji >= self.crop_size)
-        if bool(outside.any()):
+        if not outside_ok and bool(outside.any()):
             bad = points_kji[outside.any(dim=1)][0].tolist()
             raise ValueError(f"click {bad} lies outside the {self.crop_size}^3 crop")
 
@@ -113,7 +113,8 @@ class Sam3DPredictor:
 
     @torch.no_grad()
     def predict(
-        self, crop: torch.Tensor, points_kji: torch.Tensor, crop_key: Hashable | None = None
+        self, crop: torch.Tensor, points_kji: torch.Tensor, crop_key: Hashable | None = None,
+        outside_ok: bool = False,
     ) -> torch.Tensor:
         """Object probability on the crop grid.
 
@@ -124,10 +125,12 @@ class Sam3DPredictor:
                 treats all clicks alike (no negative clicks).
             crop_key: any hashable naming this crop (e.g. its origin in the volume); clicks with the
                 same key and the same crop reuse the image embedding. None disables caching.
+            outside_ok: accept clicks outside the crop, as the authors' ``test.py`` does when the clicks
+                span more than the crop (the prompt encoder then samples zeros for them).
         Returns:
             (S, S, S) float32 probability in [0, 1] on the CPU, axes (A0, A1, A2).
         """
-        self._check_inputs(crop, points_kji)
+        self._check_inputs(crop, points_kji, outside_ok)
         embedding = self.embedding(crop, crop_key)
         points = points_kji.to(self.device).long().unsqueeze(0)
         logits = self.network.decode(embedding, points)

@@ -26,7 +26,7 @@ def tiny_sam3d() -> LoadedModel:
 
 def test_click_runs_one_cube_centred_on_the_click(tiny_sam3d, monkeypatch):
     volume, _ = ellipsoid_volume(shape=(30, 60, 60), centre=(15, 30, 30), spacing_kji=(2.0, 1.0, 1.0))
-    session = InteractiveSession(tiny_sam3d, volume)
+    session = InteractiveSession(tiny_sam3d, volume, procedure="cached")
     seen = []
     original = session._sam3d.predict
 

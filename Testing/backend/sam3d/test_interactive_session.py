@@ -26,7 +26,7 @@ def test_clicks_in_one_cube_encode_the_image_once(tiny_network, sarcoma):
     card = sam3d_card(PRESETS["tiny"], "kits", "sam3d-tiny")
     calls = []
     tiny_network.image_encoder.register_forward_hook(lambda *_: calls.append(1))
-    session = InteractiveSession(LoadedModel(tiny_network, card), volume)
+    session = InteractiveSession(LoadedModel(tiny_network, card), volume, procedure="cached")
 
     update = session.interact(Interaction("point", point=centre))
     assert update.mask.dtype == np.uint8

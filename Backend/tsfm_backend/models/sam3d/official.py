@@ -212,6 +212,7 @@ def sam3d_card(
             **provenance,
         },
         description=f"3DSAM-adapter promptable {stats['name']} model: one click, a {crop} mm cube around it.",
+        procedure="published",
     )
 
 
