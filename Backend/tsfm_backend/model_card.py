@@ -64,6 +64,9 @@ class ModelCard:
             segments nothing until then (``require_trained_head``).
         procedure: for promptable ``sam3d`` models, ``published`` (the authors' evaluation procedure,
             exactly) or ``cached`` (faster further clicks in one cube); None means ``published``.
+        local_corrections: for promptable models, whether a click on an object that already has a mask
+            changes it only by the connected changes that reach the click (``inference.corrections``),
+            so that a correction cannot alter distant parts of the object.
     """
 
     id: str
@@ -83,6 +86,7 @@ class ModelCard:
     description: str = ""
     head_trained: bool = True
     procedure: str | None = None
+    local_corrections: bool = False
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -12,7 +12,8 @@ same objects and clicks:
 
 Also counted: how many clicks after the first lowered Dice (by more than 0.005); with ``--box``,
 Dice after a first prompt that is a 2D box drawn on the axial slice where the object is largest; with
-``--local``, each model again with local corrections (a click changes only what is connected to it).
+``--local``, each model again with the other setting of local corrections than its card's (with them, a
+click changes only what is connected to it: ``inference.corrections``).
 
 Run from the repository root: ``.venv/bin/python Testing/bench/bench_interactive.py [--models ID ...]
 [--threads 2] [--json out/bench/interactive.json]``. The first model's card names the held-out patients
@@ -82,7 +83,8 @@ def region_growing_segmenter(image: sitk.Image):
     return segment
 
 
-def model_segmenter(loaded, obj: HeldoutObject, local: bool = False):
+def model_segmenter(loaded, obj: HeldoutObject, local: bool | None = None):
+    """The model's session as a segmenter; ``local`` None keeps the card's local_corrections."""
     session = InteractiveSession(loaded, obj.volume, modality=obj.modality, local_corrections=local)
 
     def segment(click: PolicyClick) -> np.ndarray:
@@ -198,7 +200,7 @@ def main() -> int:
                              f"{' '.join(ORGAN_CLASSES)})")
     parser.add_argument("--box", action="store_true", help="also score a first prompt that is a 2D box")
     parser.add_argument("--local", action="store_true",
-                        help="also score each model with local corrections (inference.corrections)")
+                        help="also score each model with local corrections switched the other way than its card says")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--json", default="out/bench/interactive.json")
     args = parser.parse_args()
@@ -214,9 +216,11 @@ def main() -> int:
     objects = heldout_objects(shared_data_dir(), patients, MODALITIES, organ_classes)
     images = {id(obj.volume): sitk.Cast(to_sitk(obj.volume), sitk.sitkFloat32) for obj in objects}
     segmenters = {name: (lambda obj, loaded=loaded: model_segmenter(loaded, obj)) for name, loaded in models.items()}
-    if args.local:
-        segmenters.update({f"{name} local": (lambda obj, loaded=loaded: model_segmenter(loaded, obj, local=True))
-                           for name, loaded in models.items()})
+    if args.local:  # each model again with the other setting of local corrections than its card's
+        segmenters.update({
+            f"{name} {'global' if loaded.card.local_corrections else 'local'}":
+                (lambda obj, loaded=loaded: model_segmenter(loaded, obj, local=not loaded.card.local_corrections))
+            for name, loaded in models.items()})
     segmenters["sphere"] = lambda obj: sphere_segmenter(obj.reference, obj.volume.spacing_kji)
     segmenters["region_growing"] = lambda obj: region_growing_segmenter(images[id(obj.volume)])
     results = score(segmenters, objects, args.clicks)

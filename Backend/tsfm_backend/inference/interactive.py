@@ -138,7 +138,8 @@ class InteractiveSession:
         modality: ``CT``, ``MR`` or ``PET`` (DICOM's ``PT`` too) for a card that normalises by modality;
             None detects it from the image (``tsfm_backend.modality``). ``self.modality`` tells which.
         local_corrections: a click on an object that already has a mask changes it only by the
-            connected changes that reach the click (``inference.corrections``).
+            connected changes that reach the click (``inference.corrections``); None takes the card's
+            ``local_corrections``.
         max_roi_voxels: the most image voxels a click's region holds (``MAX_ROI_VOXELS``); a larger
             region is shrunk evenly along its axes.
         procedure: for a ``sam3d`` model, ``published`` or ``cached`` (see the module docstring); None
@@ -146,7 +147,7 @@ class InteractiveSession:
     """
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
-                 modality: str | None = None, local_corrections: bool = False,
+                 modality: str | None = None, local_corrections: bool | None = None,
                  max_roi_voxels: int = MAX_ROI_VOXELS, procedure: str | None = None) -> None:
         if max_roi_voxels < 1:
             raise ValueError(f"max_roi_voxels must be at least 1, got {max_roi_voxels}")
@@ -185,7 +186,7 @@ class InteractiveSession:
         if self.amp_dtype is not None:
             self.network = prepare_channels_last(self.network)
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
-        self.local_corrections = local_corrections
+        self.local_corrections = card.local_corrections if local_corrections is None else local_corrections
 
     # ----------------------------------------------------------------------------------- public API
     def check(self, interaction: Interaction) -> None:

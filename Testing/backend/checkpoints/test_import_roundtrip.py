@@ -93,7 +93,8 @@ def test_suprem_unet_universal_checkpoint_keeps_its_trained_32_class_head(tmp_pa
     assert card.classes == dict(enumerate(UNIVERSAL_32, start=1)) and card.output == "sigmoid"
     assert card.head_trained and card.provenance["head"] == "from the checkpoint (Universal Model)"
     assert card.provenance["unused_keys"] == 0
-    assert card.axis_order == "ras" and card.normalization == {"scheme": "hu_window", "lower": -175.0, "upper": 250.0}
+    assert card.axis_order == "ras" and card.normalization == {"scheme": "hu_window", "lower": -175.0, "upper": 250.0,
+                                                               "after_resampling": True}
 
 
 def test_suprem_segresnet_bare_checkpoint_with_its_25_class_head(tmp_path, capsys):

@@ -73,3 +73,13 @@ def test_a_2d_box_on_one_slice_segments_the_tumour(default, shared_data):
     session.interact(Interaction("box", True, box=box))
     mask = session.mask(1)
     assert dice(mask, reference) > FLOORS["box"] and mask[:k].any() and mask[k + 1:].any()  # a 3D object
+
+
+def test_corrections_are_local_as_the_card_says(default, shared_data):
+    """The default's card asks for local corrections; a session follows the card unless told otherwise."""
+    small_ct = read_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    assert default.card.local_corrections is True
+    assert default.card.provenance["config"]["model"]["local_corrections"] is True
+    assert InteractiveSession(default, small_ct).local_corrections is True
+    assert InteractiveSession(default, small_ct, local_corrections=False).local_corrections is False
+    assert InteractiveSession(load_model("sts-click-small"), small_ct).local_corrections is False

@@ -324,6 +324,7 @@ def build_card(config: dict[str, Any], train: list[str], validation: list[str], 
         classes={1: "object"}, in_channels=1, spacing=tuple(data["spacing"]), axis_order="kji",
         normalization=dict(data["normalization"]), patch_size=tuple(model["crop_size"]), output="sigmoid",
         license=model.get("license", "CC-BY-3.0"), description=model.get("description", ""),
+        local_corrections=bool(model.get("local_corrections", False)),
         provenance={
             "data": {"root": str(root), "training_cases": train, "validation_cases": validation,
                      "attribution": model.get("attribution", "")},
