@@ -192,11 +192,6 @@ def probe_backend(python: str, extra_path: list[Path] | None = None, base_env: d
     return BackendProbe(True, version, "")
 
 
-def can_import_backend(python: str, extra_path: list[Path] | None = None, timeout_s: float = 60.0) -> bool:
-    """Whether ``python`` can run the backend; ``probe_backend`` says why not."""
-    return probe_backend(python, extra_path, timeout_s=timeout_s).ok
-
-
 class LocalBackend:
     """One server process on loopback.
 
