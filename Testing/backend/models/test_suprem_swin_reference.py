@@ -7,33 +7,20 @@ weights are rebuilt here from the same formula and checked against the digest st
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from support.official_checkpoints import write_suprem_checkpoint
+from support.reference_outputs import REFERENCE_DIR, load_outputs, load_script
 from tsfm_backend.checkpoints import instantiate, read_checkpoint
 from tsfm_backend.models import patch_merging, suprem
 
-SCRIPT = Path(__file__).parents[1] / "reference_outputs" / "make_suprem_swin_reference.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_suprem_swin_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REFERENCE = _load_script()
+REFERENCE = load_script("make_suprem_swin_reference")
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE.OUTPUT, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_outputs(REFERENCE.OUTPUT)
 
 
 def _network(**architecture) -> torch.nn.Module:
@@ -51,7 +38,7 @@ def test_reference_is_small_and_from_monai_0_9(reference):
     assert str(reference["monai_version"]).startswith("0.9.")
     assert reference["input"].shape == (1, 1, 64, 32, 32) and reference["input"].dtype == np.float16
     assert reference["output"].shape == (1, 2, 64, 32, 32) and reference["output"].dtype == np.float32
-    assert sum(path.stat().st_size for path in SCRIPT.parent.iterdir()) < 1 << 20
+    assert sum(path.stat().st_size for path in REFERENCE_DIR.iterdir()) < 1 << 20
 
 
 @pytest.fixture(scope="module")
