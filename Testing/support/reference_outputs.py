@@ -6,11 +6,14 @@ Each ``make_*_reference.py`` there ran the authors' code in an environment of it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import torch
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "backend" / "reference_outputs"
 
@@ -27,3 +30,15 @@ def load_outputs(path: Path) -> dict[str, np.ndarray]:
     """Every array of a stored ``.npz`` (no pickles)."""
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+@contextlib.contextmanager
+def nudged(weight: torch.Tensor, index: tuple[int, ...], delta: float = 0.05) -> Iterator[None]:
+    """``weight[index]`` raised by ``delta`` inside the block, put back after (a test that a matching
+    output depends on the weights, so the match can fail)."""
+    with torch.no_grad():
+        weight[index] += delta
+        try:
+            yield
+        finally:
+            weight[index] -= delta

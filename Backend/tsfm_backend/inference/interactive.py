@@ -148,10 +148,14 @@ class InteractiveSession:
 
     def __init__(self, loaded: LoadedModel, volume: Volume, device: str = "cpu", amp: bool = True,
                  modality: str | None = None, local_corrections: bool | None = None,
-                 max_roi_voxels: int = MAX_ROI_VOXELS, procedure: str | None = None) -> None:
+                 max_roi_voxels: int = MAX_ROI_VOXELS, procedure: str | None = None,
+                 max_undo_steps: int | None = None) -> None:
         if max_roi_voxels < 1:
             raise ValueError(f"max_roi_voxels must be at least 1, got {max_roi_voxels}")
         self.max_roi_voxels = int(max_roi_voxels)
+        if max_undo_steps is not None and max_undo_steps < 0:
+            raise ValueError(f"max_undo_steps must be at least 0, got {max_undo_steps}")
+        self.max_undo_steps = max_undo_steps
         card = loaded.card
         if card.kind != "promptable":
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
@@ -468,6 +472,9 @@ class InteractiveSession:
         target = tuple(slice(o, o + int(b - a)) for o, a, b in zip(origin, low, high, strict=True))
         step = _Step(origin, state.mask[target].copy(), new[box].astype(np.uint8), state.prompts, prompts)  # type: ignore[arg-type]
         state.undo.append(step)
+        if self.max_undo_steps is not None:
+            # Each step holds its changed box twice: the oldest go. Redo only ever holds undone steps.
+            del state.undo[: max(0, len(state.undo) - self.max_undo_steps)]
         state.redo.clear()
         return self._apply(object_id, state, step.origin, step.after, prompts)
 

@@ -25,6 +25,7 @@ from tsfm_backend.catalog_install import install_entry
 from tsfm_backend.download import DownloadCancelled, DownloadError
 from tsfm_backend.formats import ours
 from tsfm_backend.server.errors import Busy, NotFound, ServiceError
+from tsfm_backend.server.tasks import Timed
 from tsfm_backend.store import BUNDLED_MODELS, install_dir
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ Serve = Callable[[Path], None]
 
 
 @dataclass
-class Download:
+class Download(Timed):
     """One catalog model being fetched; fields change under ``DownloadManager``'s lock only."""
 
     id: str
@@ -50,12 +51,6 @@ class Download:
     # False once the files are verified: from then on the install runs to its end.
     cancellable: bool = True
     cancel_requested: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def seconds(self) -> float | None:
-        if self.started is None or self.finished is None:
-            return None
-        return round(self.finished - self.started, 3)
 
 
 class DownloadManager:

@@ -68,11 +68,12 @@ class Engine:
         return result.labels, dict(result.names)
 
     def open_session(self, loaded: LoadedModel, volume: Volume, device: Any,
-                     modality: str | None = None) -> InteractiveEngine:
-        """A session on ``volume``; ``modality`` (CT, MR, PET or DICOM's PT) or None to detect it."""
+                     modality: str | None = None, max_undo_steps: int | None = None) -> InteractiveEngine:
+        """A session on ``volume``; ``modality`` (CT, MR, PET or DICOM's PT) or None to detect it; each
+        object keeps at most ``max_undo_steps`` undo steps (None: all)."""
         from tsfm_backend.inference.interactive import InteractiveSession
 
-        return InteractiveSession(loaded, volume, device=device, modality=modality)
+        return InteractiveSession(loaded, volume, device=device, modality=modality, max_undo_steps=max_undo_steps)
 
     def interaction(
         self,

@@ -22,6 +22,7 @@ import numpy as np
 from tsfm_backend.checkpoints import LoadedModel
 from tsfm_backend.server.engine import Engine
 from tsfm_backend.server.errors import Busy, Conflict, NotFound
+from tsfm_backend.server.tasks import Timed
 from tsfm_backend.server.worker import Worker
 from tsfm_backend.volume import Volume
 
@@ -30,7 +31,7 @@ FINISHED = ("done", "failed", "cancelled")
 
 
 @dataclass
-class Job:
+class Job(Timed):
     """One automatic segmentation; fields change under ``JobManager``'s lock only."""
 
     id: str
@@ -45,12 +46,6 @@ class Job:
     labels: np.ndarray | None = None
     names: dict[int, str] = field(default_factory=dict)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def seconds(self) -> float | None:
-        if self.started is None or self.finished is None:
-            return None
-        return round(self.finished - self.started, 3)
 
 
 class JobManager:

@@ -246,7 +246,8 @@ class Services:
         volume = self.images.get(request.image_id)
         self.sessions.ensure_capacity()
         try:
-            engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device, request.modality),
+            engine = self.worker.call(lambda: self.engine.open_session(loaded, volume, self.device, request.modality,
+                                                                       self.settings.max_undo_steps),
                                       self.settings.interaction_timeout_s, self.settings.retry_after_s)
         except ValueError as error:
             raise BadInput(f"cannot open a session of {request.model!r} on this image: {error}") from error
@@ -310,7 +311,7 @@ class Services:
         with session.lock:
             image_shape = self._session_image_shape(session)
             try:
-                result = self.worker.call(lambda: _trimmed(action, session.engine, self.settings.max_undo_steps),
+                result = self.worker.call(lambda: action(session.engine),
                                           self.settings.interaction_timeout_s, self.settings.retry_after_s)
             except ValueError as error:
                 raise BadInput(str(error)) from error
@@ -331,18 +332,6 @@ class Services:
     def _engine_interaction(self, interaction: schemas.Interaction) -> Any:
         return self.engine.interaction(interaction.kind, interaction.positive, interaction.point,
                                        interaction.box, interaction.object_id)
-
-
-def _trimmed(action: Callable[[Any], T], engine: Any, max_steps: int) -> T:
-    """``action(engine)``, then every object of the session keeps at most ``max_steps`` undo (and redo)
-    steps, the newest. Runs on the worker under the session's lock, so nothing else sees the history."""
-    try:
-        return action(engine)
-    finally:
-        for state in getattr(engine, "objects", {}).values():
-            for steps in (getattr(state, "undo", None), getattr(state, "redo", None)):
-                if isinstance(steps, list) and len(steps) > max_steps:
-                    del steps[: len(steps) - max_steps]
 
 
 def _serve_installed(models: ModelRegistry, worker: Worker, device: Any, timeout_s: float, retry_after_s: int,
