@@ -26,8 +26,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     config = locate_shared_data(config)
     result = recipe_module(config).run(config)
-    print(json.dumps(_jsonable(result), indent=2))
+    if _rank() == 0:  # under torchrun the other ranks' results are their partial view: rank 0 reports
+        print(json.dumps(_jsonable(result), indent=2))
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -10,8 +10,11 @@ gloo on the CPU) and ``wrap`` returns the network ready for ``loop.fit``:
 - ``activation_checkpointing``: recompute each stage (every element of the network's top-level
   ``ModuleList``s) in the backward pass instead of storing its activations; weight names are unchanged.
 
-Each rank draws its own batches (``PatchBatches(stream=rank)``); only rank 0 writes checkpoints, logs,
-exports and evaluates (``loop.fit`` checks the rank itself).
+Each rank draws its own batches (``PatchBatches(stream=rank)``) and seeds its global generators with
+``seed + rank`` (dropout, augmentation), after every rank built the network from the same ``seed``; only
+rank 0 writes checkpoints, logs, exports and evaluates (``loop.fit`` checks the rank itself). The
+recipe's batch is global: ``per_rank_batch`` splits it over the ranks, so adding GPUs does not change
+what is trained; batch Dice statistics are summed over the ranks (``sum_over_ranks``) as nnU-Net does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from torch.utils.checkpoint import checkpoint
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "ddp", "fsdp")
+
+
+class DistributedSetupError(ValueError):
+    """A distributed run that would train something other than what its config says; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,11 @@ def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp", activation_c
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed strategy {strategy!r} is not one of {STRATEGIES}")
+    if info.enabled and strategy == "none":
+        raise DistributedSetupError(
+            f"distributed.strategy is 'none' but torchrun started {info.world_size} processes: each would train "
+            "its own model on its own batches and rank 0's would be kept. Set distributed.strategy to ddp or "
+            "fsdp, or run without torchrun")
     if activation_checkpointing:
         log.info("activation checkpointing on %d stages", enable_activation_checkpointing(network))
     if not info.enabled or strategy == "none":
@@ -109,6 +121,7 @@ def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp", activation_c
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(network, device_ids=ids,
                                                    find_unused_parameters=find_unused_parameters)
+    refuse_fsdp(network)
     from torch.distributed.fsdp import fully_shard
 
     # Shard each stage separately, then the rest, so only one stage's full parameters exist at a time.
@@ -117,6 +130,72 @@ def wrap(network: nn.Module, info: DistInfo, strategy: str = "ddp", activation_c
             for stage in child:
                 fully_shard(stage)
     return fully_shard(network)
+
+
+# Networks FSDP cannot shard stage by stage, and why (keyed by class name: the backend's families).
+FSDP_UNSUITABLE = {
+    "PCTNet": "its prediction heads are run piece by piece (their sub-modules are called, never the head "
+              "itself), so FSDP would not gather a head's parameters before they are used",
+}
+
+
+def refuse_fsdp(network: nn.Module) -> None:
+    """Raise, naming the reason, when ``network`` cannot be sharded with ``fully_shard``."""
+    reason = FSDP_UNSUITABLE.get(type(network).__name__)
+    scalars = [name for name, parameter in network.named_parameters() if parameter.ndim == 0]
+    if scalars:
+        reason = (f"it has 0-dimensional parameters ({', '.join(scalars[:3])}{', ...' if len(scalars) > 3 else ''}), "
+                  "which FSDP cannot shard, and their names are the checkpoint's public layout")
+    if reason:
+        raise DistributedSetupError(f"distributed.strategy fsdp does not work for {type(network).__name__}: {reason}. "
+                                    "Use distributed.strategy ddp (this network fits one GPU)")
+
+
+def torchrun_world_size() -> int:
+    """How many processes torchrun started (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def refuse_torchrun(recipe: str, why: str) -> None:
+    """Stop a recipe that cannot train across processes before it does anything under torchrun."""
+    if torchrun_world_size() > 1:
+        raise DistributedSetupError(f"recipe {recipe!r} does not support torchrun ({torchrun_world_size()} "
+                                    f"processes): {why}. Run it as a single process")
+
+
+def per_rank_batch(global_batch_size: int, world_size: int) -> int:
+    """The batch each rank draws so that the ranks together draw ``global_batch_size`` samples per step."""
+    if global_batch_size < 1:
+        raise DistributedSetupError(f"the global batch size must be >= 1, got {global_batch_size}")
+    if global_batch_size % world_size:
+        raise DistributedSetupError(
+            f"global batch {global_batch_size} does not divide over {world_size} ranks; set "
+            f"loop.global_batch_size to a multiple of {world_size} (and scale loop.lr yourself if you change it)")
+    return global_batch_size // world_size
+
+
+def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor summed over all ranks, with gradients flowing back to every rank's own share.
+
+    For batch statistics (Dice's tp/fp/fn): every rank then computes the loss of the global batch, and
+    the gradient average DDP/FSDP take over the ranks equals one process's gradient on the whole batch.
+    Outside a process group the tensors come back unchanged.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_world_size() == 1:
+        return tensors
+    from torch.distributed.nn.functional import all_reduce
+
+    return tuple(all_reduce(tensor) for tensor in tensors)
+
+
+def gather_objects(value):
+    """``value`` of every rank, in rank order (a list of one outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
 
 def is_sharded(network: nn.Module) -> bool:

@@ -9,6 +9,10 @@ not:
   initialised: a new head for a new label set;
 - anything else is an error naming the keys, as nnU-Net v2's loader asserts.
 
+Labels: a training set (a Slicer export's ``dataset.json``) names its labels; ``label_remap`` matches those
+names to the model card's classes and refuses a set that does not match ("neoplasm" into a "liver"
+model) unless the config maps the names explicitly (``data.label_map: {neoplasm: liver}``).
+
 Modes (what ``requires_grad`` stays on): ``full``; ``frozen_encoder`` (the family's ``ENCODER_KEYS``
 frozen); ``decoder_only`` (encoder and any ``BOTTLENECK_KEYS`` frozen); ``adapters`` (the family's
 ``TRAINABLE_PATTERNS`` when it has them, as 3DSAM-adapter; otherwise normalisation parameters and the
@@ -87,6 +91,45 @@ def load_pretrained(network: nn.Module, source: str, family, strict: bool = True
     state_dict, card, fmt = read_checkpoint(resolve_model(source))
     report = transfer_weights(network, state_dict, family, strict=strict)
     return {"source": str(source), "format": fmt, "source_model": card.id, **{k: len(v) for k, v in report.items()}}
+
+
+def _label_key(name: str) -> str:
+    """Names compare without case, spaces, hyphens or underscores ("Kidney tumor" == "kidney_tumor")."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def label_remap(dataset: str, dataset_classes: dict[int, str], model_classes: dict[int, str],
+                label_map: dict[str, str] | None = None) -> dict[int, int]:
+    """Dataset label value -> model class id, matched by name; ``label_map`` renames dataset labels first
+    (``{neoplasm: liver}``; a label mapped to ``background`` is trained as background).
+
+    Raises ``FinetuneError`` listing both name sets when a dataset label matches no model class, or when a
+    ``label_map`` entry names a label the dataset does not have or a class the model does not have.
+    """
+    renames = {_label_key(k): str(v) for k, v in (label_map or {}).items()}
+    model = {_label_key(name): value for value, name in model_classes.items()}
+    unused = sorted(k for k in (label_map or {}) if _label_key(k) not in
+                    {_label_key(n) for n in dataset_classes.values()})
+    if unused:
+        raise FinetuneError(f"data.label_map names {unused}, which dataset {dataset!r} does not have; its labels: "
+                            f"{sorted(dataset_classes.values())}")
+    remap: dict[int, int] = {}
+    unmatched: list[str] = []
+    for value, name in sorted(dataset_classes.items()):
+        target = renames.get(_label_key(name), name)
+        if _label_key(target) == "background":
+            remap[int(value)] = 0
+        elif _label_key(target) in model:
+            remap[int(value)] = int(model[_label_key(target)])
+        else:
+            unmatched.append(name if target == name else f"{name} -> {target}")
+    if unmatched:
+        raise FinetuneError(
+            f"dataset {dataset!r} labels {unmatched} match no class of the model. Dataset labels: "
+            f"{sorted(dataset_classes.values())}; model classes: {sorted(model_classes.values())}. Rename them "
+            "in data.label_map (e.g. {neoplasm: liver}, or {name: background} to ignore one), or give the model "
+            "the dataset's classes")
+    return remap
 
 
 def _is_norm(module: nn.Module) -> bool:

@@ -6,10 +6,12 @@ step: optimiser, learning-rate schedule, mixed precision, gradient clipping, a g
 losses, TensorBoard scalars, a progress bar and ``output_dir/last.pt``.
 
 Exact resume: ``last.pt`` holds the model, optimiser, scheduler, grad-scaler and every random generator
-(Python, NumPy, torch CPU/CUDA) together with the step. Batches are drawn lazily from ``batches``; when the
+(Python, NumPy, torch CPU/CUDA) of every rank together with the step. Batches are drawn lazily from ``batches``; when the
 iterator draws its randomness from those global generators, or exposes ``state_dict()`` /
 ``load_state_dict()`` itself, a resumed run sees the same batches and ends with the same weights as an
-uninterrupted one.
+uninterrupted one. Under torchrun every rank must resume the same step from the same checkpoint; the
+loop checks that before it trains (a node that does not see the shared output folder would otherwise
+start from scratch beside the others).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps produced a non-finite loss or gradient."""
 
 
+class ResumeMismatch(ValueError):
+    """Ranks of one distributed run found different checkpoints (or none) to resume from."""
+
+
 @dataclass
 class LoopConfig:
     """Everything the loop needs besides model, data and loss. Steps count optimiser steps, not epochs.
@@ -52,7 +58,10 @@ class LoopConfig:
     ``min_lr`` after a linear warm-up (SuPreM), ``constant`` keeps ``lr``, ``step`` multiplies it by
     ``step_gamma`` every ``step_every`` steps (PyMIC's StepLR). ``warmup_steps`` applies to all.
     ``amp`` uses float16 with a gradient scaler on CUDA and bfloat16 autocast on the CPU.
-    ``checkpoint_every`` 0 writes ``last.pt`` only at the end; ``validate_every`` 0 validates only at the end.
+    ``checkpoint_every`` 0 writes ``last.pt`` only at the end; ``validate_every`` 0 validates only at the end
+    (when the recipe validates at all). ``global_batch_size`` is the batch of one optimiser step summed
+    over all ranks (default: the recipe's ``data.batch_size``); each rank draws its share. ``lr`` and
+    ``steps`` are taken as written whatever the number of ranks: scale them yourself with the batch.
     """
 
     steps: int
@@ -75,6 +84,7 @@ class LoopConfig:
     step_gamma: float = 0.5
     max_nonfinite_steps: int = 10
     validate_every: int = 0
+    global_batch_size: int | None = None
     device: str = "auto"
     progress: bool = True
 
@@ -93,6 +103,10 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.grad_clip must be > 0 or null, got {self.grad_clip!r}")
         if self.schedule == "step" and int(self.step_every) < 1:
             raise ValueError(f"LoopConfig.step_every must be >= 1 for the step schedule, got {self.step_every!r}")
+        if self.global_batch_size is not None and int(self.global_batch_size) < 1:
+            raise ValueError(f"LoopConfig.global_batch_size must be >= 1 or null, got {self.global_batch_size!r}")
+        if int(self.validate_every) < 0:
+            raise ValueError(f"LoopConfig.validate_every must be >= 0, got {self.validate_every!r}")
         if int(self.max_nonfinite_steps) < 1:
             raise ValueError(f"LoopConfig.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps!r}")
         self.steps, self.warmup_steps = int(self.steps), int(self.warmup_steps)
@@ -108,6 +122,19 @@ class LoopConfig:
         values = asdict(self)
         values["output_dir"] = str(self.output_dir)
         return values
+
+
+def batch_per_rank(config: LoopConfig, recipe_batch_size: int, world_size: int) -> int:
+    """The batch one rank draws: ``config.global_batch_size`` (else the recipe's batch) over ``world_size``
+    ranks; sets ``config.global_batch_size`` and logs the plan on rank 0. Raises when it does not divide."""
+    from tsfm_training.distributed import per_rank_batch
+
+    config.global_batch_size = int(config.global_batch_size or recipe_batch_size)
+    per_rank = per_rank_batch(config.global_batch_size, world_size)
+    if _is_main_process():
+        log.info("global batch %d = %d ranks x %d; lr %g and %d steps as configured (not scaled with the batch)",
+                 config.global_batch_size, world_size, per_rank, config.lr, config.steps)
+    return per_rank
 
 
 def lr_factor(step: int, config: LoopConfig) -> float:
@@ -147,9 +174,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
 def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0)
+    return _rank() == 0
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -163,31 +195,40 @@ def fit(
     config: LoopConfig,
     parameters: Iterable[nn.Parameter] | None = None,
     validate: Validate | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``config.steps`` optimiser steps, resuming from ``output_dir/last.pt`` if present.
 
     ``batches`` yields dicts of tensors (e.g. ``image`` (B, C, Z, Y, X) float, ``label`` (B, 1, Z, Y, X));
     they are moved to the model's device. ``parameters`` restricts what is optimised (fine-tuning modes);
     by default every parameter with ``requires_grad``. ``validate(model, step)`` returns scalar metrics,
-    logged to TensorBoard and returned. Returns ``step``, ``loss`` (mean of the last ``log_every`` finite
+    logged to TensorBoard and returned; every rank calls it (an FSDP forward needs them all), rank 0 logs.
+    ``run_config``, the resolved config of the run, is written as ``config.yaml`` beside ``last.pt``.
+    The global generators are seeded with ``seed + rank``: build the network before, from ``seed``. Returns ``step``, ``loss`` (mean of the last ``log_every`` finite
     steps), ``skipped_steps``, ``resumed_from``, ``validation``, ``seconds`` and ``checkpoint``.
     """
     from tsfm_backend.device import amp_dtype as cpu_amp_dtype
     from tsfm_backend.device import resolve_device
 
-    from tsfm_training.distributed import all_ranks_agree
+    from tsfm_training.distributed import all_ranks_agree, gather_objects
     from tsfm_training.training_state import (
+        checkpoint_identity,
         load_checkpoint,
         load_model_and_optimizer,
         model_and_optimizer_state,
+        new_checkpoint_id,
         rng_state,
         save_checkpoint,
+        save_run_config,
         seed_everything,
         set_rng_state,
     )
 
+    if config.validate_every and validate is None:
+        raise ValueError("loop.validate_every is set but this recipe has no validation to run during training; "
+                         "remove loop.validate_every")
     device = resolve_device(config.device)
-    main = _is_main_process()
+    rank, main = _rank(), _is_main_process()
     if device.type == "cpu" and main:
         log.info("Training on the CPU (%d threads); a CUDA GPU is much faster.", torch.get_num_threads())
     model.to(device)
@@ -204,18 +245,33 @@ def fit(
 
     checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
     start, skipped, validation = 0, 0, {}
-    seed_everything(config.seed)
-    if checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
+    # Same weights on every rank (built from ``seed``), but each rank its own dropout and augmentation.
+    seed_everything(config.seed + rank)
+    state = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+    _check_ranks_resume_alike(gather_objects((int(state["step"]) if state else 0,
+                                              checkpoint_identity(checkpoint_path, state))), checkpoint_path)
+    if state is not None:
         load_model_and_optimizer(model, network, optimizer, state)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         if hasattr(batches, "load_state_dict") and "batches" in state:
             batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
+        ranks_rng = state.get("rng_ranks")
+        world = len(gather_objects(None))
+        if ranks_rng is not None and len(ranks_rng) == world:
+            set_rng_state(ranks_rng[rank])
+        elif ranks_rng is None and world == 1:
+            set_rng_state(state["rng"])
+        elif main:
+            log.warning("%s was written by %d ranks, this run has %d: random generators reseeded, so the "
+                        "resumed run is not bit-identical to an uninterrupted one",
+                        checkpoint_path, len(ranks_rng or [None]), world)
         start, skipped, validation = int(state["step"]), int(state["skipped_steps"]), state.get("validation", {})
         if main:
             log.info("Resuming from %s at step %d of %d", checkpoint_path, start, config.steps)
+        del state
+    if main and run_config is not None:
+        save_run_config(run_config, Path(config.output_dir))
 
     writer = _summary_writer(Path(config.output_dir), start) if main else None
     bar = _progress_bar(start, config) if main else None
@@ -223,13 +279,17 @@ def fit(
     def checkpoint(step: int) -> None:
         # Sharded (FSDP) states are gathered by every rank together; only rank 0 writes.
         model_state, optimizer_state = model_and_optimizer_state(model, network, optimizer)
+        ranks_rng = gather_objects(rng_state())
         if not main:
             return
+        if writer is not None:
+            writer.flush()  # every event up to this step is on disk before the checkpoint that says so
         state = {
             "step": step, "skipped_steps": skipped, "validation": validation,
             "model": model_state, "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "config": config.to_dict(),
+            "rng": ranks_rng[0], "rng_ranks": ranks_rng, "config": config.to_dict(),
+            "checkpoint_id": new_checkpoint_id(step),
         }
         if hasattr(batches, "state_dict"):
             state["batches"] = batches.state_dict()
@@ -318,11 +378,28 @@ def fit(
     }
 
 
+def _check_ranks_resume_alike(resumes: list[tuple[int, str]], checkpoint_path: Path) -> None:
+    """Raise, on every rank alike, unless all ranks resume the same step from the same checkpoint.
+
+    ``resumes``: (step, checkpoint identity) of each rank in rank order, as ``gather_objects`` returns."""
+    if len(set(resumes)) <= 1:
+        return
+    groups: dict[tuple[int, str], list[int]] = {}
+    for rank, resume in enumerate(resumes):
+        groups.setdefault(resume, []).append(rank)
+    described = "; ".join(f"ranks {ranks} at step {step} ({'no checkpoint' if ident == 'none' else ident})"
+                          for (step, ident), ranks in groups.items())
+    raise ResumeMismatch(
+        f"the ranks do not resume alike from {checkpoint_path}: {described}. Every node must see the same "
+        "output folder (a shared file system), or copy rank 0's last.pt to each node before restarting")
+
+
 def _summary_writer(output_dir: Path, start: int):
     from torch.utils.tensorboard import SummaryWriter
 
-    # purge_step drops events a killed run logged after its last checkpoint, so curves do not fork.
-    return SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=start or None)
+    # purge_step drops events a killed run logged after its last checkpoint, so curves do not fork; the
+    # checkpoint's own step was logged before the kill and is not logged again, so it is kept.
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=start + 1 if start else None)
 
 
 def _progress_bar(start: int, config: LoopConfig):

@@ -9,6 +9,9 @@
 - **Case folders**: one sub-folder per case holding ``image_name`` and ``label_name`` (e.g. ``ct.nii.gz``
   and ``mask.nii.gz``), with the class names given by the caller.
 - **Case lists**: cases named one by one in the config (``{id, image, label}``), for loose files.
+- **Mask folders** (AbdomenAtlas / SuPreM): one sub-folder per case holding the image and a folder of
+  per-class binary masks ``<masks>/<class name>.nii.gz``. Masks may overlap (a tumour inside its organ),
+  which one label map cannot hold, so they stay one channel per class.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Case:
-    """One training case: image files (one per channel), an optional label map, and where it came from."""
+    """One training case: image files (one per channel), an optional label map, and where it came from.
+
+    ``masks`` (instead of ``label``): one binary mask file per class of the dataset, in ascending order of
+    the class values.
+    """
 
     case_id: str
     images: tuple[Path, ...]
     label: Path | None
     dataset: str
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    masks: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,30 @@ def read_case_folders(root: str | Path, image_name: str, label_name: str | None,
     return Dataset(name or root.name, root, {int(k): str(v) for k, v in classes.items()}, (channel,), tuple(cases))
 
 
+def read_mask_folders(root: str | Path, image_name: str, masks_folder: str, classes: dict[int, str],
+                      name: str | None = None, channel: str = "CT") -> Dataset:
+    """Every sub-folder of ``root`` holding ``image_name`` is a case with ``masks_folder/<class>.nii.gz`` per class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    classes = {int(k): str(v) for k, v in classes.items()}
+    if not classes:
+        raise DatasetError(f"mask dataset {root}: 'classes' must name the mask files")
+    cases = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        image = folder / image_name
+        if not image.is_file():
+            continue
+        masks = tuple(folder / masks_folder / f"{classes[value]}.nii.gz" for value in sorted(classes))
+        missing = [str(p) for p in masks if not p.is_file()]
+        if missing:
+            raise DatasetError(f"case {folder.name!r}: mask files missing: {missing[:5]}")
+        cases.append(Case(folder.name, (image,), None, name or root.name, _provenance(folder, folder.name), masks))
+    if not cases:
+        raise DatasetError(f"{root}: no sub-folder holds {image_name!r}")
+    return Dataset(name or root.name, root, classes, (channel,), tuple(cases))
+
+
 def read_case_list(entries: list[dict[str, Any]], classes: dict[int, str], name: str,
                    root: str | Path = ".") -> Dataset:
     """Cases listed one by one: ``[{id, image, label?}]`` with paths relative to ``root``."""
@@ -165,7 +197,7 @@ def read_case_list(entries: list[dict[str, Any]], classes: dict[int, str], name:
 
 
 def dataset_from_config(settings: dict[str, Any]) -> Dataset:
-    """``{root, format: nnunet|msd|folders|list, name?, image?, label?, classes?, cases?}`` from a config.
+    """``{root, format: nnunet|msd|folders|masks|list, name?, image?, label?, masks?, classes?, cases?}``.
 
     ``classes_file`` (a JSON {value: name}, optionally under ``classes_key``) can stand in for ``classes``.
     """
@@ -188,7 +220,11 @@ def dataset_from_config(settings: dict[str, Any]) -> Dataset:
     if layout == "folders":
         return read_case_folders(settings["root"], settings.get("image", "image.nii.gz"), settings.get("label"),
                                  settings.get("classes", {1: "foreground"}), settings.get("name"))
-    raise DatasetError(f"dataset format {layout!r} is not one of nnunet, msd, folders, list")
+    if layout == "masks":
+        return read_mask_folders(settings["root"], settings.get("image", "ct.nii.gz"),
+                                 settings.get("masks", "segmentations"), settings.get("classes", {}),
+                                 settings.get("name"))
+    raise DatasetError(f"dataset format {layout!r} is not one of nnunet, msd, folders, masks, list")
 
 
 def split_cases(cases: tuple[Case, ...] | list[Case], validation: list[str]) -> tuple[list[Case], list[Case]]:

@@ -6,6 +6,11 @@ values into shared class ids through a remapping table, and records per case the
 dataset annotates; the partial-label loss then scores only those. Cases are drawn with probability
 proportional to ``1 / sqrt(n)``, n the size of their dataset, so small datasets are seen more often per
 case than large ones without dominating.
+
+A class is known by its dataset and its name: "tumour" of a kidney dataset and "tumour" of a liver
+dataset are different classes unless the remapping table sends both to one pool class on purpose. So a
+pool of several datasets needs a remap entry for each (source labels by value or by name), and the
+default pool (``pool_from_config`` without ``classes``) names its classes ``<dataset>: <class>``.
 """
 
 from __future__ import annotations
@@ -35,16 +40,26 @@ class DatasetPool:
     """
 
     def __init__(self, datasets: list[Dataset], classes: dict[int, str],
-                 remap: dict[str, dict[int, int]] | None = None) -> None:
+                 remap: dict[str, dict[int | str, int]] | None = None) -> None:
         if not datasets:
             raise DatasetError("a dataset pool needs at least one dataset")
         self.classes = {int(k): str(v) for k, v in classes.items()}
         if 0 in self.classes or sorted(self.classes) != list(range(1, len(self.classes) + 1)):
             raise DatasetError(f"pool classes must be numbered 1..C without gaps, got {sorted(self.classes)}")
-        remap = {name: {int(s): int(t) for s, t in table.items()} for name, table in (remap or {}).items()}
-        unknown = sorted(set(remap) - {d.name for d in datasets})
+        names = [d.name for d in datasets]
+        if len(set(names)) != len(names):
+            raise DatasetError(f"datasets of a pool need distinct names (set 'name'), got {names}")
+        by_name = {d.name: d for d in datasets}
+        unknown = sorted(set(remap or {}) - set(by_name))
         if unknown:
             raise DatasetError(f"remap names datasets {unknown} that are not in the pool")
+        remap = {name: {_source_value(by_name[name], s): int(t) for s, t in table.items()}
+                 for name, table in (remap or {}).items()}
+        unmapped = [d.name for d in datasets if d.name not in remap]
+        if len(datasets) > 1 and unmapped:
+            raise DatasetError(f"datasets {unmapped} have no pool.remap entry; in a pool of several datasets each "
+                               "must say which pool class each of its labels is (same-named classes of two "
+                               "datasets are different classes unless mapped to one)")
         self.datasets = datasets
         self.entries: list[PoolEntry] = []
         for dataset in datasets:
@@ -93,13 +108,39 @@ class DatasetPool:
         return vector
 
 
+    def mask_lookup(self, index: int) -> np.ndarray:
+        """For a case with per-class masks: mask channel number (1..M) -> pool class (0: not trained on)."""
+        entry = self.entries[index]
+        values = sorted(next(d for d in self.datasets if d.name == entry.case.dataset).classes)
+        lookup = np.zeros(len(values) + 1, dtype=np.uint16)
+        for channel, value in enumerate(values, start=1):
+            lookup[channel] = entry.lookup[value] if value < len(entry.lookup) else 0
+        return lookup
+
+
+def _source_value(dataset: Dataset, source: int | str) -> int:
+    """A remap source: a label value, or a label name of ``dataset``."""
+    if isinstance(source, str) and not source.strip().lstrip("-").isdigit():
+        matches = [value for value, name in dataset.classes.items() if name == source]
+        if not matches:
+            raise DatasetError(f"remap of {dataset.name!r}: it has no label named {source!r} "
+                               f"(its labels: {dataset.classes})")
+        return matches[0]
+    return int(source)
+
+
 def pool_from_config(datasets: list[Dataset], settings: dict[str, Any]) -> DatasetPool:
-    """``{classes: {1: name, ...}, remap: {dataset: {source: target}}}``; classes default to the union."""
+    """``{classes: {1: name, ...}, remap: {dataset: {source: target}}}``.
+
+    Without ``classes``, every (dataset, class) pair is its own pool class, named ``<dataset>: <class>``.
+    """
     classes = settings.get("classes")
     if classes is None:
-        names = sorted({name for d in datasets for name in d.classes.values()})
-        classes = {i + 1: name for i, name in enumerate(names)}
-        remap = {d.name: {v: names.index(n) + 1 for v, n in d.classes.items()} for d in datasets}
+        keys = [(d.name, value, name) for d in datasets for value, name in sorted(d.classes.items())]
+        classes = {i + 1: f"{dataset}: {name}" for i, (dataset, _, name) in enumerate(keys)}
+        remap: dict[str, dict[int | str, int]] = {d.name: {} for d in datasets}
+        for i, (dataset, value, _) in enumerate(keys):
+            remap[dataset][value] = i + 1
     else:
         remap = settings.get("remap", {})
     return DatasetPool(datasets, classes, remap)

@@ -40,12 +40,16 @@ class Preprocessing:
 
 @dataclass
 class PreparedCase:
-    """``image`` (C, Z, Y, X) float32 and ``label`` (Z, Y, X) uint8/uint16 or None, on the network grid."""
+    """``image`` (C, Z, Y, X) float32 and ``label`` (Z, Y, X) uint8/uint16 or None, on the network grid.
+
+    ``masks`` (M, Z, Y, X) uint8 {0, 1}: the case's per-class masks (``Case.masks``), when it has them.
+    """
 
     case_id: str
     image: np.ndarray
     label: np.ndarray | None
     spacing: tuple[float, float, float]
+    masks: np.ndarray | None = None
 
 
 def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
@@ -77,23 +81,27 @@ def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
     image = torch.stack(channels).numpy().astype(np.float32)
     actual_spacing = tuple(float(n * s / m) for n, s, m in zip(source_shape, spacing, shape, strict=True))
 
-    label = None
-    if case.label is not None:
-        label_volume = read_volume(case.label)
+    def on_grid(path: Path) -> np.ndarray:
+        # Labels and masks follow the image by nearest neighbour, with the same voxel-centre convention.
+        label_volume = read_volume(path)
         if label_volume.shape != reference.shape:
-            raise DatasetError(f"case {case.case_id!r}: label {case.label} has shape {label_volume.shape}, "
+            raise DatasetError(f"case {case.case_id!r}: label {path} has shape {label_volume.shape}, "
                                f"image {reference.shape}")
         values = label_volume.array
         if not np.issubdtype(values.dtype, np.integer):
             if not np.array_equal(values, np.round(values)):
-                raise DatasetError(f"case {case.case_id!r}: label {case.label} holds non-integer values")
+                raise DatasetError(f"case {case.case_id!r}: label {path} holds non-integer values")
         if values.min() < 0 or values.max() > np.iinfo(np.uint16).max:
             raise DatasetError(f"case {case.case_id!r}: label values must be in [0, 65535]")
         dtype = np.uint8 if values.max() <= 255 else np.uint16
         oriented = reorient(values.astype(dtype), permutation, flips)
         index = [nearest_source_indices(m, n) for m, n in zip(shape, oriented.shape, strict=True)]
-        label = np.ascontiguousarray(oriented[np.ix_(*index)])
-    return PreparedCase(case.case_id, np.ascontiguousarray(image), label, actual_spacing)  # type: ignore[arg-type]
+        return np.ascontiguousarray(oriented[np.ix_(*index)])
+
+    label = on_grid(case.label) if case.label is not None else None
+    masks = np.stack([(on_grid(path) > 0).astype(np.uint8) for path in case.masks]) if case.masks else None
+    return PreparedCase(case.case_id, np.ascontiguousarray(image), label, actual_spacing,  # type: ignore[arg-type]
+                        masks)
 
 
 class CaseCache:

@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 AUGMENTATION_DEFAULTS: dict[str, Any] = {
     "rotation_deg": 30.0,
     "rotation_prob": 0.2,
@@ -72,3 +74,43 @@ def training_transforms(patch_size: Sequence[int], foreground_ratio: float = 0.3
     if aug["gamma_prob"] > 0:
         chain.append(mt.RandAdjustContrastd("image", gamma=tuple(aug["gamma"]), prob=aug["gamma_prob"]))
     return mt.Compose(chain)
+
+
+def initial_patch_size(patch_size: Sequence[int], augmentation: dict[str, Any] | bool | None) -> tuple[int, ...]:
+    """The block to crop before spatial augmentation so that rotating and zooming leaves no empty corners.
+
+    As nnU-Net's ``get_patch_size``: the patch's corners rotated by the largest angle about each axis in
+    turn, the largest extent per axis kept, divided by the smallest zoom. The patch itself when rotation
+    and zoom are off.
+    """
+    aug = augmentation_settings(augmentation)
+    size = np.asarray(patch_size, dtype=float)
+    extent = size.copy()
+    if aug["rotation_prob"] > 0:
+        angle = math.radians(aug["rotation_deg"])
+        c, s = math.cos(angle), math.sin(angle)
+        corners = np.array([[a, b, d] for a in (-1, 1) for b in (-1, 1) for d in (-1, 1)]) * size / 2
+        for axis in range(3):
+            i, j = [k for k in range(3) if k != axis]
+            rotated = corners.copy()
+            rotated[:, i] = c * corners[:, i] - s * corners[:, j]
+            rotated[:, j] = s * corners[:, i] + c * corners[:, j]
+            extent = np.maximum(extent, 2 * np.abs(rotated).max(0))
+    if aug["scale_prob"] > 0:
+        extent = extent / min(aug["scale"])
+    return tuple(int(math.ceil(e - 1e-6)) for e in extent)
+
+
+def patch_augmentation(patch_size: Sequence[int], augmentation: dict[str, Any] | bool | None):
+    """A MONAI ``Compose`` for a block of ``initial_patch_size``: the augmentations of
+    ``training_transforms`` (without its crop), then a centre crop to ``patch_size``; None when there is
+    nothing to do (no augmentation, block already the patch size)."""
+    from monai import transforms as mt
+
+    size = [int(s) for s in patch_size]
+    chain = list(training_transforms(size, 0.0, augmentation).transforms[2:])  # without SpatialPadd and the crop
+    if tuple(initial_patch_size(size, augmentation)) != tuple(size):
+        # Crop right after the spatial transforms: flips and intensity changes then touch the patch only.
+        spatial = [i for i, t in enumerate(chain) if isinstance(t, mt.RandRotated | mt.RandZoomd)]
+        chain.insert(spatial[-1] + 1, mt.CenterSpatialCropd(["image", "label"], roi_size=size))
+    return mt.Compose(chain) if chain else None

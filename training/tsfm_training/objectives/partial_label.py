@@ -18,10 +18,16 @@ from torch import nn
 
 
 def class_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, 1, Z, Y, X) merged label map (0 = background, c = class c) -> (B, num_classes, Z, Y, X) float.
+    """Per-class binary targets (B, num_classes, Z, Y, X) float from either
+
+    - a merged label map (B, 1, Z, Y, X) (0 = background, c = class c), or
+    - per-class masks (B, num_classes, Z, Y, X) in {0, 1}, which may overlap (a tumour inside its organ);
+      with one class the two forms are the same thing.
 
     Channel ``c - 1`` holds class ``c``: sigmoid outputs have no background channel.
     """
+    if labels.ndim >= 5 and labels.shape[1] == num_classes:
+        return (labels > 0).float()
     if labels.ndim >= 5 and labels.shape[1] == 1:
         labels = labels[:, 0]
     classes = torch.arange(1, num_classes + 1, device=labels.device).view(1, -1, *([1] * (labels.ndim - 1)))
@@ -31,7 +37,8 @@ def class_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 class PartialLabelLoss(nn.Module):
     """Sigmoid BCE + Dice restricted to annotated classes.
 
-    forward(logits (B, C, Z, Y, X), labels (B, 1, Z, Y, X) ints in [0, C], annotated (B, C) bool)
+    forward(logits (B, C, Z, Y, X), labels (B, 1, Z, Y, X) ints in [0, C] or (B, C, Z, Y, X) masks,
+    annotated (B, C) bool)
     where ``annotated[b, c]`` says case b's dataset annotates class c+1.
     """
 

@@ -25,12 +25,16 @@ def soft_dice_per_class(
     """Soft Dice ``(2tp + s) / (2tp + fp + fn + s)``.
 
     probabilities, onehot: (B, C, Z, Y, X) float in [0, 1]. Returns (C,) when ``batch_dice`` (sums over
-    batch and space) else (B, C).
+    batch and space, and over the ranks of a distributed run) else (B, C).
     """
     axes = (0, *range(2, probabilities.ndim)) if batch_dice else tuple(range(2, probabilities.ndim))
     tp = (probabilities * onehot).sum(axes)
     fp = (probabilities * (1 - onehot)).sum(axes)
     fn = ((1 - probabilities) * onehot).sum(axes)
+    if batch_dice:  # under torchrun the batch is every rank's together, as nnU-Net gathers it
+        from tsfm_training.distributed import sum_over_ranks
+
+        tp, fp, fn = sum_over_ranks(tp, fp, fn)
     return (2 * tp + smooth) / torch.clamp(2 * tp + fp + fn + smooth, min=1e-8)
 
 

@@ -57,6 +57,7 @@ from tsfm_training.data.click_objects import (
     with_pseudo_objects,
 )
 from tsfm_training.data.heldout_objects import HeldoutObject, heldout_objects
+from tsfm_training.distributed import refuse_torchrun
 from tsfm_training.loop import LoopConfig, fit
 from tsfm_training.objectives.click_simulation import (
     SimulationConfig,
@@ -335,6 +336,8 @@ def build_card(config: dict[str, Any], train: list[str], validation: list[str], 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train, export and evaluate; returns the loop summary, the export folder and the validation metrics."""
+    refuse_torchrun("interactive", "its click simulation and self-play draw from one process's generators "
+                    "and it exports and evaluates in the same process")
     torch.set_num_threads(int(config.get("threads", 1)))
     data = config["data"]
     root = data_root(str(data["root"]))
@@ -371,7 +374,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     log.info("Loaded %d training volumes of %d patients in %.1f s, objects per kind %s (validation: %s)",
              len(volumes), len(train), time.perf_counter() - started, counts, ", ".join(validation))
     loop = LoopConfig.from_dict(dict(config["loop"]))
-    summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop)
+    summary = fit(network, batches, SelfCorrectingLoss(spacing, click_radius_mm, seed), loop, run_config=config)
     network = network.cpu().eval()
 
     export_dir = Path(config["export"]["directory"])

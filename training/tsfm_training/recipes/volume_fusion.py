@@ -27,11 +27,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     from tsfm_training.data.preprocess import Preprocessing, prepare_training_cases
     from tsfm_training.data.sampler import PatchBatches, volume_fusion_sample_fn
     from tsfm_training.export import export_model
-    from tsfm_training.loop import LoopConfig, fit
-    from tsfm_training.networks import card_from_config, training_network
+    from tsfm_training.loop import LoopConfig, batch_per_rank, fit
+    from tsfm_training.networks import card_from_config
     from tsfm_training.objectives.supervised import supervised_loss_fn
     from tsfm_training.objectives.volume_fusion import VolumeFusionSettings, volume_fusion_criterion
-    from tsfm_training.recipes.supervised import trained_network
+    from tsfm_training.recipes.supervised import seeded_network, trained_network
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -52,15 +52,15 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     parallel = section(config, "distributed", required=False)
     info = distributed.setup(loop.device)
     loop.device = info.device
-    batches = PatchBatches(prepared, volume_fusion_sample_fn(settings), int(data.get("batch_size", 2)), loop.seed,
-                           stream=info.rank)
+    per_rank = batch_per_rank(loop, int(data.get("batch_size", 2)), info.world_size)
+    batches = PatchBatches(prepared, volume_fusion_sample_fn(settings), per_rank, loop.seed, stream=info.rank)
     log.info("Volume Fusion pretraining on %d volumes", len(prepared))
 
-    network = training_network(card, deep_supervision=deep_supervision)
+    network = seeded_network(card, loop.seed, deep_supervision=deep_supervision)
     network = distributed.wrap(network, info, parallel.get("strategy", "ddp"),
                                bool(parallel.get("activation_checkpointing", False)),
                                bool(parallel.get("find_unused_parameters", True)))
-    result = fit(network, batches, supervised_loss_fn(volume_fusion_criterion()), loop)
+    result = fit(network, batches, supervised_loss_fn(volume_fusion_criterion()), loop, run_config=config)
     if not info.is_main:
         distributed.cleanup()
         return {"rank": info.rank, "train": result}
