@@ -33,6 +33,11 @@ folder ``3DSAM-adapter/`` (``test.py``, ``dataset/base_dataset.py``, ``dataset/d
 9. Back to the CT grid: ``F.interpolate(mode="trilinear", size=ct_shape)`` of the whole map, then
    ``> 0.5`` (``test.py:201-202``).
 
+Steps 8-9 as written (``paste``, ``back_to_image``) hold two float maps of the whole volume per click. A
+click runs them on the crop's footprint instead (``crop_on_image``): outside it the map is zero and so is
+its interpolation, and inside it the same source indices, weights and roundings as the CPU kernel give
+the same float32 values, so memory follows the crop and the mask is unchanged.
+
 The authors feed clicks as float voxel indices in the order (D, W, H) to their prompt encoder
 (``test.py:164-166,185``); our ``Sam3D.decode`` takes (a0, a1, a2) = (D, H, W) and reorders internally.
 Unlike the cached path (``InteractiveSession`` with ``procedure: "cached"``), every click here works on
@@ -208,15 +213,147 @@ def to_image_grid(probability: torch.Tensor, shape: Voxel, threshold: float = TH
     return (back_to_image(probability, shape) > threshold).to(torch.uint8).numpy()
 
 
-def predict(prepared: PreparedVolume, clicks_kji: Sequence[Sequence[int]], predict_fn: PredictFn,
-            crop_size: int, channels: int = 3) -> np.ndarray:
-    """Steps 4-9: original-grid clicks (k, j, i) -> (K, J, I) uint8 mask of the object."""
+def linear_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output index along one axis: (low, high) source indices and their (w_low, w_high) float32 weights,
+    as ``F.interpolate(mode="linear", size=size_out, align_corners=False)`` computes them on the CPU."""
+    out = torch.arange(size_out, dtype=torch.float64)
+    if size_in == size_out:
+        low = out.long()
+        return low, low, torch.ones(size_out), torch.zeros(size_out)
+    scale = np.float32(size_in) / np.float32(size_out)
+    # scale * (i + 0.5) - 0.5 is one fused multiply-add in the kernel: exact in float64, rounded once.
+    real = (float(scale) * (out + 0.5) - 0.5).float().clamp(min=0)
+    low = real.floor().long().clamp(max=size_in - 1)
+    w_high = (real - low.float()).clamp(0, 1)
+    high = low + (low < size_in - 1).long()
+    return low, high, 1 - w_high, w_high
+
+
+def _blend(low: torch.Tensor, high: torch.Tensor, w_low: torch.Tensor, w_high: torch.Tensor) -> torch.Tensor:
+    """``low * w_low + high * w_high`` rounded as the CPU kernel rounds it: the first product fused onto the
+    rounded second (float64 holds the product exactly, so one rounding to float32 remains)."""
+    return (low.double() * w_low.double() + (high * w_high).double()).float()
+
+
+def _interpolate_axis(block: torch.Tensor, axis: int, low: torch.Tensor, high: torch.Tensor,
+                      w_low: torch.Tensor, w_high: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Linear interpolation of ``block`` along ``axis`` onto ``len(low)`` indices, ``chunk`` output slices at a
+    time so the float64 temporaries stay a few slices large."""
+    shape = list(block.shape)
+    shape[axis] = len(low)
+    out = torch.empty(shape, dtype=torch.float32)
+    view = [1, 1, 1]
+    view[axis] = -1
+    for first in range(0, len(low), chunk):
+        part = slice(first, first + chunk)
+        out.narrow(axis, first, len(low[part])).copy_(
+            _blend(block.index_select(axis, low[part]), block.index_select(axis, high[part]),
+                   w_low[part].view(view), w_high[part].view(view)))
+    return out
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Where a pasted crop reaches on the CT grid: ``start`` (k, j, i) and the (K', J', I') ``values`` there;
+    every voxel outside is 0 (probability) or background (mask)."""
+
+    start: Voxel
+    values: np.ndarray
+
+    def into(self, shape: Voxel) -> np.ndarray:
+        """The whole (K, J, I) array, zeros outside the footprint."""
+        full = np.zeros(shape, dtype=self.values.dtype)
+        full[tuple(slice(s, s + n) for s, n in zip(self.start, self.values.shape, strict=True))] = self.values
+        return full
+
+
+def crop_on_image(probability: torch.Tensor, box: CropBox, grid: Voxel, shape: Voxel) -> Footprint:
+    """Steps 8-9 on the crop's footprint only: what ``back_to_image(paste(probability, box, grid), shape)``
+    holds there, without the whole-grid maps (memory O(crop), not O(volume)).
+
+    Each CT voxel's trilinear value reads a 2x2x2 neighbourhood of the resampled grid; outside the pasted
+    crop that neighbourhood is zero, so only CT voxels with a source inside the crop can be non-zero.
+    """
+    inside = box.inside(grid)
+    before, after = box.pads(grid)
+    size = box.size
+    inner = probability[before[0]:size - after[0], before[1]:size - after[1], before[2]:size - after[2]]
+    # One zero on each side stands for every grid voxel outside the crop.
+    block = F.pad(inner.to(torch.float32).cpu(), (1, 1, 1, 1, 1, 1))
+    starts, tables = [], []
+    for axis, (span, n_in, n_out) in enumerate(zip(inside, grid, shape, strict=True)):
+        low, high, w_low, w_high = linear_weights(n_in, n_out)
+        reached = ((low >= span.start) & (low < span.stop)) | ((high >= span.start) & (high < span.stop))
+        hits = torch.nonzero(reached).flatten()
+        if hits.numel() == 0:
+            return Footprint((0, 0, 0), np.zeros((0, 0, 0), dtype=np.float32))
+        first, last = int(hits[0]), int(hits[-1]) + 1
+        local = [(idx[first:last] - span.start + 1).clamp(0, span.stop - span.start + 1) for idx in (low, high)]
+        starts.append(first)
+        tables.append((*local, w_low[first:last], w_high[first:last], axis))
+    # Innermost axis first, as the kernel nests them: I, then J, then K.
+    for low, high, w_low, w_high, axis in reversed(tables):
+        block = _interpolate_axis(block, axis, low, high, w_low, w_high)
+    return Footprint(tuple(starts), block.numpy())  # type: ignore[arg-type]
+
+
+def predict_footprint(prepared: PreparedVolume, clicks_kji: Sequence[Sequence[int]], predict_fn: PredictFn,
+                      crop_size: int, channels: int = 3, threshold: float = THRESHOLD) -> Footprint:
+    """Steps 4-9 for one click set: the (K', J', I') uint8 mask where the crop reaches the CT grid; the
+    rest of the published whole-image mask is background."""
     if not clicks_kji:
         raise ValueError("the published procedure needs at least one click")
     points = [click_to_resampled(p, prepared.shape, prepared.grid) for p in clicks_kji]
     box = place_crop(points, crop_size)
     probability = predict_fn(extract_crop(prepared.image, box, channels), crop_points(points, box))
-    return to_image_grid(paste(probability, box, prepared.grid), prepared.shape)
+    footprint = crop_on_image(probability, box, prepared.grid, prepared.shape)
+    return Footprint(footprint.start, (footprint.values > threshold).astype(np.uint8))
+
+
+def object_box(mask: np.ndarray) -> tuple[Voxel, Voxel] | None:
+    """(start, stop) (k, j, i) of the smallest box holding every non-zero voxel of the (K, J, I) ``mask``; None
+    when it has none. Reads the mask along K once, then only the slab of K that holds the object."""
+    rows = np.flatnonzero(mask.any(axis=(1, 2)))
+    if rows.size == 0:
+        return None
+    slab = mask[rows[0]:rows[-1] + 1]
+    start, stop = [int(rows[0])], [int(rows[-1]) + 1]
+    for axis in (1, 2):
+        hits = np.flatnonzero(slab.any(axis=tuple(a for a in range(3) if a != axis)))
+        start.append(int(hits[0]))
+        stop.append(int(hits[-1]) + 1)
+    return tuple(start), tuple(stop)  # type: ignore[return-value]
+
+
+def replacing(footprint: Footprint, previous: np.ndarray) -> Footprint:
+    """The published whole-image mask (``footprint`` in an empty image) on the smallest box that holds the
+    footprint and every voxel of the object's ``previous`` (K, J, I) mask.
+
+    Written over ``previous`` this box gives exactly the whole-image mask: the footprint's values, and the
+    previous voxels outside the footprint cleared; nothing outside the box changes. Its size follows the
+    footprint and the previous object, not the image.
+    """
+    boxes = [] if footprint.values.size == 0 else [
+        (footprint.start, tuple(s + n for s, n in zip(footprint.start, footprint.values.shape, strict=True)))]
+    old = object_box(previous)
+    if old is not None:
+        boxes.append(old)
+    if not boxes:
+        return Footprint((0, 0, 0), np.zeros((0, 0, 0), dtype=np.uint8))
+    start = tuple(min(box[0][axis] for box in boxes) for axis in range(3))
+    stop = tuple(max(box[1][axis] for box in boxes) for axis in range(3))
+    values = np.zeros(tuple(b - a for a, b in zip(start, stop, strict=True)), dtype=np.uint8)
+    if footprint.values.size:
+        values[tuple(slice(s - a, s - a + n) for s, a, n in
+                     zip(footprint.start, start, footprint.values.shape, strict=True))] = footprint.values
+    return Footprint(start, values)  # type: ignore[arg-type]
+
+
+def predict(prepared: PreparedVolume, clicks_kji: Sequence[Sequence[int]], predict_fn: PredictFn,
+            crop_size: int, channels: int = 3) -> np.ndarray:
+    """Steps 4-9: original-grid clicks (k, j, i) -> (K, J, I) uint8 mask of the object (the footprint's mask
+    in an otherwise empty image: one byte per voxel, no float map of the volume)."""
+    return predict_footprint(prepared, clicks_kji, predict_fn, crop_size, channels).into(prepared.shape)
 
 
 def segment(array: np.ndarray, spacing_kji: Sequence[float], clicks_kji: Sequence[Sequence[int]],

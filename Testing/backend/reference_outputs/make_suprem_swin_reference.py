@@ -16,8 +16,9 @@ smallest MONAI 0.9 builds that runs (every size divisible by 32, and the bottlen
 more than one voxel). Its 4.1 M weights would not fit the few hundred kB a test fixture may take, so they
 are not stored: ``reference_weights`` makes them from each tensor's name with splitmix64 (pure integer
 arithmetic, the same on every numpy, torch and platform), and the file keeps their SHA-256 so the test
-knows it rebuilt the very same ones. The input (float16 values, so that storing them loses nothing) and
-the float32 output are stored.
+knows it rebuilt the very same ones. The input (float16 values) is rebuilt by ``reference_input`` and
+checked against the SHA-256 of its bytes; the float32 output is stored at every second voxel along each
+axis (``stored``), which every window and every merged 2x2x2 neighbourhood still reaches.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def reference_input() -> np.ndarray:
     return (blob + 0.3 * z + noise).astype(np.float16)[None, None]
 
 
+def stored(output: np.ndarray) -> np.ndarray:
+    """The part of a (B, C, Z, Y, X) output that the file keeps."""
+    return output[:, :, ::2, ::2, ::2]
+
+
 def main() -> int:
     import monai
     import torch
@@ -103,8 +109,8 @@ def main() -> int:
         output = network(torch.from_numpy(image.astype(np.float32))).numpy()
     np.savez_compressed(
         OUTPUT,
-        input=image,
-        output=output.astype(np.float32),
+        input_sha256=np.array(hashlib.sha256(image.tobytes()).hexdigest()),
+        output=stored(output).astype(np.float32),
         weights_sha256=np.array(weights_digest(weights)),
         monai_version=np.array(monai.__version__),
         torch_version=np.array(torch.__version__),
