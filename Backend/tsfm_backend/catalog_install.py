@@ -5,6 +5,10 @@ The one path behind ``tsfm-backend fetch`` and the server's ``POST /v1/downloads
 them. The model appears in ``$TSFM_HOME/models/<id>/`` only once ``import_model`` has checked the
 weights against the architecture and written both files (``formats.ours.write`` renames the card
 last), so nothing half-installed is ever listed or served.
+
+Weights that are not ours to redistribute (``redistributable: false``: non-commercial terms, terms their
+publisher states inconsistently, or none) are never fetched unless the caller says the user accepted
+their licence; ``install_entry`` refuses before the first byte (``LicenseNotAccepted``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,19 @@ from tsfm_backend.store import downloads_dir
 
 # (bytes done, bytes in total or None while unknown, what is happening) over all files of the entry.
 InstallProgress = Callable[[int, int | None, str], None]
+
+
+class LicenseNotAccepted(DownloadError):
+    """A catalog model whose licence the user must accept before it is downloaded, not accepted."""
+
+
+def check_license(entry: CatalogEntry, accepted: bool, how: str) -> None:
+    """Raise ``LicenseNotAccepted`` naming the licence, where to read it and ``how`` to accept it, when
+    ``entry``'s weights need acceptance and ``accepted`` is False."""
+    if not entry.redistributable and not accepted:
+        raise LicenseNotAccepted(
+            f"{entry.id} is under {entry.license}, which does not allow redistribution: read it at "
+            f"{entry.homepage} and {how} to download it for yourself")
 
 
 def download_entry(
@@ -58,6 +75,7 @@ def download_entry(
 def install_entry(
     entry: CatalogEntry,
     *,
+    accept_license: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     on_progress: InstallProgress | None = None,
@@ -67,10 +85,13 @@ def install_entry(
 
     Returns (card, installed folder, source format) like ``checkpoints.import_model``. A cancel is
     honoured until the files are verified; the import that follows is short and always completes, so
-    the store never holds part of a model. License acceptance is the caller's business.
+    the store never holds part of a model. ``accept_license`` says the user accepted the licence of
+    weights that need it; without it such an entry raises ``LicenseNotAccepted`` before any download.
     """
     from tsfm_backend.checkpoints import import_model
 
+    check_license(entry, accept_license, "accept it (tsfm-backend fetch --accept-license, or "
+                                          "accept_license: true in POST /v1/downloads)")
     paths = download_entry(entry, progress=progress, on_progress=on_progress, should_stop=should_stop)
     if should_stop is not None and should_stop():
         raise DownloadCancelled(f"{entry.id}: cancelled after its files were downloaded; nothing was installed")

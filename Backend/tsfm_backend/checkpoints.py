@@ -43,9 +43,12 @@ PATH_FORMATS: dict[str, str] = {
 # with matches(checkpoint) and from_checkpoint(checkpoint, path, model_id).
 CONTENT_FORMATS: dict[str, str] = {
     "nnunet_v2": "tsfm_backend.formats.nnunet_v2",
+    # Before pymic: both keep their weights under "model_state_dict"; sam_med3d checks the names too.
+    "sam_med3d": "tsfm_backend.formats.sam_med3d",
     "pymic": "tsfm_backend.formats.pymic",
     "suprem": "tsfm_backend.formats.suprem",
     "sam3d": "tsfm_backend.formats.sam3d",
+    "vista3d": "tsfm_backend.formats.vista3d",
 }
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".model", ".bin")
 

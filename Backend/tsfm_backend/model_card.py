@@ -22,6 +22,11 @@ OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
 # authors' test.py (whole volume resampled, crop on the clicks' midpoint; ``inference.sam3d_published``),
 # ``cached`` a cube of the card's patch at its spacing whose image embedding serves further clicks.
 PROCEDURES = ("published", "cached")
+# How automatic segmentation slides its windows (``tsfm_backend.inference.sliding_window``). The defaults are
+# nnU-Net's; MONAI's ``sliding_window_inference`` is ``fixed_stride`` with ``constant`` or ``gaussian`` blending.
+WINDOW_BLENDS = ("gaussian", "constant")
+WINDOW_LAYOUTS = ("even", "fixed_stride")
+WINDOW_PADDINGS = ("zeros", "replicate")
 
 
 class ModelCardError(ValueError):
@@ -55,6 +60,14 @@ class ModelCard:
         sliding_window_step: the window stride, as a fraction of the patch, that automatic segmentation
             uses unless a job asks for another (0.5 = 50 % overlap, nnU-Net's; 0.25 = MONAI's
             ``overlap=0.75``).
+        sliding_window_blend: how overlapping windows are averaged: ``gaussian`` (nnU-Net's importance
+            map, sigma = patch / 8) or ``constant`` (every voxel of a window weighs the same, MONAI's
+            ``mode="constant"``).
+        sliding_window_layout: where windows start along an axis: ``even`` (as many as the step asks
+            for, spread evenly, nnU-Net's) or ``fixed_stride`` (every ``int(patch * step)`` voxels, the
+            last one flush with the end, MONAI's).
+        sliding_window_padding: how an image smaller than the patch is padded (half before, half
+            after) on the network grid: ``zeros`` or ``replicate`` (edge voxels repeated).
         output: ``softmax`` (one label per voxel) or ``sigmoid`` (independent classes).
         license: license of the weights (SPDX id or a short phrase).
         provenance: where the weights came from: source file, training data, commit, metrics.
@@ -80,6 +93,9 @@ class ModelCard:
     normalization: dict[str, Any] = field(default_factory=lambda: {"scheme": "zscore"})
     patch_size: tuple[int, int, int] = (128, 128, 128)
     sliding_window_step: float = 0.5
+    sliding_window_blend: str = "gaussian"
+    sliding_window_layout: str = "even"
+    sliding_window_padding: str = "zeros"
     output: str = "softmax"
     license: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +131,10 @@ class ModelCard:
         step = self.sliding_window_step
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
             raise ModelCardError(f"sliding_window_step must be a number in (0, 1], got {step!r}")
+        for name, allowed in (("sliding_window_blend", WINDOW_BLENDS), ("sliding_window_layout", WINDOW_LAYOUTS),
+                              ("sliding_window_padding", WINDOW_PADDINGS)):
+            if getattr(self, name) not in allowed:
+                raise ModelCardError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ModelCardError(f"spacing must be three positive numbers in mm, got {self.spacing}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:

@@ -16,20 +16,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tsfm_backend.catalog import catalog_entry
-    from tsfm_backend.catalog_install import install_entry
+    from tsfm_backend.catalog_install import LicenseNotAccepted, check_license, install_entry
     from tsfm_backend.cli import CommandError
     from tsfm_backend.commands.import_model import describe
 
     entry = catalog_entry(args.model_id)
-    if not entry.redistributable and not args.accept_license:
-        raise CommandError(
-            f"{entry.id} is under {entry.license}, which does not allow redistribution; read it at "
-            f"{entry.homepage} and run again with --accept-license to download it for yourself"
-        )
+    try:
+        check_license(entry, args.accept_license, "run again with --accept-license")
+    except LicenseNotAccepted as error:
+        raise CommandError(str(error)) from None
     if not entry.downloadable:
         raise CommandError(f"{entry.id} has no direct download. {entry.notes}")
-    card, installed, fmt = install_entry(entry, overwrite=args.force)
+    card, installed, fmt = install_entry(entry, accept_license=args.accept_license, overwrite=args.force)
     print(f"fetched {entry.id!r} into {installed}")
+    unchecked = [f.name for f in entry.files if f.sha256 is None]
+    if unchecked:
+        print(f"  not hash-checked (the catalog has no published SHA-256): {', '.join(unchecked)}")
     for line in describe(card, fmt):
         print("  " + line)
     return 0

@@ -23,6 +23,17 @@ card's ``procedure`` (or the session's ``procedure`` argument):
   the cube is resampled on its own (clip before resampling, the image minimum outside), so masks differ
   slightly from the published ones.
 
+Models of family ``sam_med3d`` (SAM-Med3D) run the authors' procedure (``inference.sam_med3d``): a 128^3
+crop at 1.5 mm in RAS order around the object clicks, positive and negative clicks fed in order with the
+previous low-resolution mask, the crop's image embedding cached; boxes are refused. Each click replaces
+the object's mask inside the crop's footprint and clears what an earlier crop of the object left outside.
+
+Models of family ``vista3d`` (VISTA3D) take positive and negative clicks, no boxes, and run the MONAI
+bundle's click procedure (``inference.vista3d_clicks``): a window centred on each click of the object on
+the whole image resampled once per session, the windows' logits summed, the components holding a positive
+click kept; voxels no window covers keep the object's mask. Their cards are ``automatic`` (the same weights
+segment their classes in jobs); ``serves_clicks`` says which models a session takes.
+
 Coordinates are voxel indices (k, j, i) of the session image; arrays are (K, J, I).
 """
 
@@ -43,7 +54,7 @@ from tsfm_backend.inference.channels_last import prepare_channels_last
 from tsfm_backend.inference.corrections import keep_changes_near
 from tsfm_backend.inference.roi import Roi
 from tsfm_backend.modality import canonical_modality, resolve_normalization
-from tsfm_backend.model_card import PROCEDURES
+from tsfm_backend.model_card import PROCEDURES, ModelCard
 from tsfm_backend.models.click_unet import encode_prompts
 from tsfm_backend.preprocessing import normalize
 from tsfm_backend.volume import Volume
@@ -100,6 +111,7 @@ class _Prompts:
     positive: tuple[Voxel, ...] = ()
     negative: tuple[Voxel, ...] = ()
     boxes: tuple[tuple[Voxel, Voxel], ...] = ()
+    clicks: tuple[tuple[Voxel, bool], ...] = ()  # every click in order, True for positive
 
     def points(self) -> list[Voxel]:
         return list(self.positive) + list(self.negative) + [c for box in self.boxes for c in box]
@@ -129,7 +141,7 @@ class InteractiveSession:
     """Prompt-driven segmentation of several objects in one image with a promptable model.
 
     Args:
-        loaded: a promptable model (``click_unet`` or ``sam3d`` family) and its card.
+        loaded: a promptable model (``click_unet`` or ``sam3d`` family), or a ``vista3d`` one, and its card.
         volume: the image, voxels (K, J, I) in the units the card's normalisation expects (HU for CT).
         device: ``cpu``, ``cuda`` or ``auto``.
         amp: run the click network in bf16 (fp16 on GPUs without bf16) where the device computes it
@@ -157,7 +169,7 @@ class InteractiveSession:
             raise ValueError(f"max_undo_steps must be at least 0, got {max_undo_steps}")
         self.max_undo_steps = max_undo_steps
         card = loaded.card
-        if card.kind != "promptable":
+        if not serves_clicks(card):
             raise PromptError(f"model {card.id!r} is {card.kind}, not promptable; pick an interactive model")
         self.card = card
         self.volume = volume
@@ -174,8 +186,10 @@ class InteractiveSession:
         self._lock = threading.Lock()
         self._image_cache: tuple[Roi, torch.Tensor] | None = None
         self._sam3d = None
+        self._sam_med3d = None
         self.procedure: str | None = None
         self._published = None
+        self._vista3d = None
         if procedure is not None and procedure not in PROCEDURES:
             raise ValueError(f"procedure {procedure!r} is not one of {PROCEDURES}")
         if card.family == "sam3d":
@@ -184,10 +198,23 @@ class InteractiveSession:
             self._sam3d = Sam3DPredictor(self.network, self.device)
             self.procedure = procedure or card.procedure or "published"
             self.divisor: Voxel = (1, 1, 1)
+        elif card.family == "sam_med3d":
+            from tsfm_backend.inference.sam_med3d import SamMed3DInputError, SamMed3DPredictor
+
+            try:
+                self._sam_med3d = SamMed3DPredictor(self.network, volume, float(self.model_spacing[0]), self.device)
+            except SamMed3DInputError as error:
+                raise PromptError(str(error)) from error
+            self.divisor = (1, 1, 1)
         else:
             self.divisor = tuple(getattr(self.network, "divisor", (1, 1, 1)))  # type: ignore[assignment]
-        self.amp_dtype = amp_dtype(self.device, amp) if self._sam3d is None else None
-        if self.amp_dtype is not None:
+        self.amp_dtype = amp_dtype(self.device, amp) if self._sam3d is None and self._sam_med3d is None else None
+        if card.family == "vista3d":
+            from tsfm_backend.inference.vista3d_clicks import Vista3DClicks
+
+            # Its network also serves jobs, possibly at the same time: it is used as it is, never converted.
+            self._vista3d = Vista3DClicks(self.network, volume, card, self.device, self.amp_dtype)
+        elif self.amp_dtype is not None:
             self.network = prepare_channels_last(self.network)
         self.click_radius_mm = float(getattr(self.network, "click_radius_mm", 5.0))
         self.local_corrections = card.local_corrections if local_corrections is None else local_corrections
@@ -211,9 +238,14 @@ class InteractiveSession:
                 state = _Object(np.zeros(self.shape, dtype=np.uint8))
             prompts = _add_prompt(state.prompts, interaction)
             if self._sam3d is not None and self.procedure == "published":
-                roi, region = self._predict_sam3d_published(prompts)
+                roi, region = self._predict_sam3d_published(state.mask, prompts)
             elif self._sam3d is not None:
                 roi, region = self._predict_sam3d(state.roi, prompts)
+            elif self._sam_med3d is not None:
+                roi, region = self._predict_sam_med3d(state.roi, prompts)
+            elif self._vista3d is not None:
+                roi = Roi(start=(0, 0, 0), size=self.shape, grid=self.shape)
+                region = self._vista3d.predict(state.mask, prompts.positive, prompts.negative)
             else:
                 roi, region = self._predict_grown(state, prompts)
             if self.local_corrections and interaction.kind == "point" and state.mask.any():
@@ -288,6 +320,10 @@ class InteractiveSession:
             raise PromptError("a box interaction needs two corners ((k0, j0, i0), (k1, j1, i1))")
         if self._sam3d is not None:
             raise PromptError(f"model {self.card.id!r} (3DSAM-adapter) takes clicks only, not boxes")
+        if self._sam_med3d is not None:
+            raise PromptError(f"model {self.card.id!r} (SAM-Med3D) takes clicks only, not boxes")
+        if self._vista3d is not None:
+            raise PromptError(f"model {self.card.id!r} (VISTA3D) takes clicks only, not boxes")
         if not interaction.positive:
             raise PromptError("box prompts mark the object to add; draw a negative click to remove")
         low, high = interaction.box
@@ -433,10 +469,35 @@ class InteractiveSession:
                                     align_corners=False)
         return roi, (probability[0, 0] > 0.5).to(torch.uint8).cpu().numpy()
 
-    def _predict_sam3d_published(self, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
-        """3DSAM-adapter as the authors evaluate it (``inference.sam3d_published``): a mask of the whole image.
+    def _predict_sam_med3d(self, previous: Roi | None, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """SAM-Med3D (``inference.sam_med3d``): the mask over the crop's footprint, widened to the object's
+        previous region (cleared there), so the object is what the model's crop says."""
+        from tsfm_backend.inference.sam_med3d import SamMed3DInputError
 
-        The resampled, normalised volume is made on the first click and kept; the image embedding is
+        try:
+            origin, mask = self._sam_med3d.predict(prompts.clicks, self.max_roi_voxels)
+        except SamMed3DInputError as error:
+            raise PromptError(str(error)) from error
+        roi = Roi(start=origin, size=mask.shape, grid=mask.shape)  # type: ignore[arg-type]
+        if previous is None or mask.size == 0:
+            return roi, mask
+        low = [min(a, b) for a, b in zip(roi.start, previous.start, strict=True)]
+        high = [max(a + n, b + m) for a, n, b, m in zip(roi.start, roi.size, previous.start, previous.size,
+                                                       strict=True)]
+        size = tuple(h - lo for lo, h in zip(low, high, strict=True))
+        if math.prod(size) > self.max_roi_voxels:
+            return roi, mask
+        region = np.zeros(size, dtype=np.uint8)
+        region[tuple(slice(s - lo, s - lo + n) for s, lo, n in zip(roi.start, low, roi.size, strict=True))] = mask
+        return Roi(start=tuple(low), size=size, grid=size), region  # type: ignore[arg-type]
+
+    def _predict_sam3d_published(self, previous: np.ndarray, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
+        """3DSAM-adapter as the authors evaluate it (``inference.sam3d_published``): the object becomes the
+        published whole-image mask, computed only where the crop reaches the CT grid (its footprint).
+
+        The returned region is the footprint, widened to the object's ``previous`` (K, J, I) voxels outside it
+        (cleared there), so the object ends as the whole-image mask while no array of the image's size is
+        made. The resampled, normalised volume is made on the first click and kept; the image embedding is
         reused while the crop stays the same (clicks with the same midpoint).
         """
         from tsfm_backend.inference import sam3d_published
@@ -447,9 +508,11 @@ class InteractiveSession:
         def predict(crop: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
             return self._sam3d.predict(crop, points, crop_key="published", outside_ok=True)
 
-        mask = sam3d_published.predict(self._published, list(prompts.positive), predict,
-                                       int(self.card.patch_size[0]), int(self.card.in_channels))
-        return Roi(start=(0, 0, 0), size=self.shape, grid=self.shape), mask
+        footprint = sam3d_published.predict_footprint(self._published, list(prompts.positive), predict,
+                                                      int(self.card.patch_size[0]), int(self.card.in_channels))
+        update = sam3d_published.replacing(footprint, previous)
+        size = tuple(int(n) for n in update.values.shape)
+        return Roi(start=update.start, size=size, grid=size), update.values  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------- bookkeeping
     def _commit(self, object_id: int, state: _Object, roi: Roi, region: np.ndarray, prompts: _Prompts) -> MaskUpdate:
@@ -485,6 +548,12 @@ class InteractiveSession:
         return MaskUpdate(object_id, origin, values.copy())
 
 
+def serves_clicks(card: ModelCard) -> bool:
+    """Whether an interactive session can run ``card``'s model: promptable models, and VISTA3D, whose
+    automatic weights also take clicks."""
+    return card.kind == "promptable" or card.family == "vista3d"
+
+
 def within_voxels(size: Voxel, cap: int) -> Voxel:
     """``size`` shrunk evenly along its axes (each at least 1) until it holds at most ``cap`` voxels."""
     total = math.prod(size)
@@ -507,13 +576,14 @@ def _check_object_id(object_id: int) -> None:
 def _add_prompt(prompts: _Prompts, interaction: Interaction) -> _Prompts:
     if interaction.kind == "point":
         point = tuple(int(p) for p in interaction.point)  # type: ignore[union-attr]
+        clicks = prompts.clicks + ((point, bool(interaction.positive)),)
         if interaction.positive:
-            return _Prompts(prompts.positive + (point,), prompts.negative, prompts.boxes)  # type: ignore[arg-type]
-        return _Prompts(prompts.positive, prompts.negative + (point,), prompts.boxes)  # type: ignore[arg-type]
+            return _Prompts(prompts.positive + (point,), prompts.negative, prompts.boxes, clicks)  # type: ignore[arg-type]
+        return _Prompts(prompts.positive, prompts.negative + (point,), prompts.boxes, clicks)  # type: ignore[arg-type]
     low, high = (tuple(int(v) for v in corner) for corner in interaction.box)  # type: ignore[union-attr]
     ordered = (tuple(min(a, b) for a, b in zip(low, high, strict=True)),
                tuple(max(a, b) for a, b in zip(low, high, strict=True)))
-    return _Prompts(prompts.positive, prompts.negative, prompts.boxes + (ordered,))  # type: ignore[arg-type]
+    return _Prompts(prompts.positive, prompts.negative, prompts.boxes + (ordered,), prompts.clicks)  # type: ignore[arg-type]
 
 
 def _no_change(object_id: int) -> MaskUpdate:

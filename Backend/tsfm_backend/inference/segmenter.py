@@ -26,6 +26,7 @@ from tsfm_backend.inference.postprocessing import clean_labels
 from tsfm_backend.inference.sliding_window import (
     InferenceCancelled,
     format_count,
+    largest_stride,
     make_predictor,
     pad_to_patch,
     sliding_window,
@@ -141,10 +142,11 @@ def plan_segmentation(card: ModelCard, volume: Volume, options: SegmentOptions) 
     resampled = [_resampled_size(n, s, t) for n, s, t in zip(shape, spacing, targets, strict=True)]
     grid = tuple(max(n, p) for n, p in zip(resampled, card.patch_size, strict=True))
     step = window_step(card, options)
-    per_axis = tuple(window_count(n, p, step) if isinstance(n, int) else n / (p * step) + 1
+    layout = card.sliding_window_layout
+    per_axis = tuple(window_count(n, p, step, layout) if isinstance(n, int) else n / (p * step) + 1
                      for n, p in zip(grid, card.patch_size, strict=True))
     windows = math.prod(per_axis)
-    rows = _ring_rows(grid, card.patch_size, per_axis, options.batch_size)
+    rows = _ring_rows(grid, card.patch_size, per_axis, options.batch_size, step, layout)
     source_voxels = math.prod(volume.shape)
     voxels = math.prod(grid)
     # float32 copy of the image and its normalised copy; network-grid image (float32) and body (bool);
@@ -195,12 +197,12 @@ def _resampled_size(size: int, spacing: float, target: float | None) -> int | fl
 
 
 def _ring_rows(grid: Sequence[int | float], patch: Sequence[int], per_axis: Sequence[int | float],
-               batch_size: int) -> int | float:
+               batch_size: int, step: float, layout: str) -> int | float:
     """Rows the sliding window's ring buffer holds: the patch depth plus the rows one batch spans."""
     if not all(isinstance(n, int) for n in (*grid, *per_axis)):
         return grid[0]
-    depth, count = int(grid[0]), int(per_axis[0])
-    stride = 0 if count == 1 else math.ceil((depth - patch[0]) / (count - 1))
+    depth = int(grid[0])
+    stride = largest_stride(depth, patch[0], step, layout)
     plane = int(per_axis[1]) * int(per_axis[2])
     # A batch of B consecutive windows (z first) crosses at most ceil((B - 1) / plane) z starts.
     crossings = 0 if batch_size <= 1 else math.ceil((batch_size - 1) / plane)
@@ -357,7 +359,7 @@ def segment_volume(
             volume, card, device, crop_to_body=options.crop_to_body, with_body=options.skip_outside_body
         )
         grid = prepared.grid
-        image, before = pad_to_patch(prepared.image, card.patch_size)
+        image, before = pad_to_patch(prepared.image, card.patch_size, card.sliding_window_padding)
         body = prepared.body
         if body is not None:
             body, _ = pad_to_patch(body[None].float(), card.patch_size)
@@ -400,6 +402,8 @@ def segment_volume(
             progress=progress,
             is_cancelled=is_cancelled,
             max_windows=max_windows,
+            blend=card.sliding_window_blend,
+            layout=card.sliding_window_layout,
         )
         labels = source_to_input(writer.result(), grid)
     labels = clean_labels(labels, largest=options.largest_component, holes=options.fill_holes)

@@ -1,9 +1,12 @@
 """Sliding-window inference as pure functions, with a memory-bounded accumulator.
 
-Windows are laid out per axis as nnU-Net does (evenly spaced, first at 0, last flush with the end,
-``ceil((size - patch) / (patch * step)) + 1`` of them), weighted by a Gaussian importance map with
-sigma = patch / 8, and their logits averaged (nnU-Net v2 and MONAI both average logits, not
-probabilities). Windows run in order of their first axis, so once the window front has passed a
+By default windows are laid out per axis as nnU-Net does (``even``: evenly spaced, first at 0, last
+flush with the end, ``ceil((size - patch) / (patch * step)) + 1`` of them), weighted by a Gaussian
+importance map with sigma = patch / 8, and their logits averaged (nnU-Net v2 and MONAI both average
+logits, not probabilities). MONAI's ``sliding_window_inference`` is the ``fixed_stride`` layout (a
+window every ``int(patch * step)`` voxels, the last one moved back flush with the end) with
+``constant`` (uniform) or Gaussian weights; weights trained and evaluated with MONAI keep its choice
+(the model card's ``sliding_window_*`` fields). Windows run in order of their first axis, so once the window front has passed a
 row of that axis no later window touches it: those rows are averaged and handed to ``on_slab``
 right away and their memory reused. The accumulator therefore holds classes x (patch depth plus
 the span of one batch) x rows x columns, never classes x the whole volume.
@@ -21,6 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from tsfm_backend.model_card import WINDOW_BLENDS, WINDOW_LAYOUTS, WINDOW_PADDINGS
+
 Slab = Callable[[int, torch.Tensor], None]
 
 # Float32 elements of averaged logits handed to ``on_slab`` at once (64 MB).
@@ -30,6 +35,8 @@ Progress = Callable[[float, str], None]
 
 # Windows tested against the body mask between two ``is_cancelled()`` polls while planning.
 PLAN_CANCEL_EVERY = 4096
+# A card's padding name -> torch.nn.functional.pad's mode.
+TORCH_PAD_MODES = {"zeros": "constant", "replicate": "replicate"}
 
 
 class InferenceCancelled(Exception):
@@ -40,17 +47,30 @@ class TooManyWindows(ValueError):
     """A window layout larger than the caller's ``max_windows``; raised before any list is built."""
 
 
-def window_count(size: int, patch: int, step: float) -> int | float:
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r} is not one of {tuple(allowed)}")
+
+
+def fixed_stride(patch: int, step: float) -> int:
+    """The ``fixed_stride`` layout's distance between windows: ``int(patch * step)``, at least 1 (MONAI's)."""
+    return max(1, int(patch * step))
+
+
+def window_count(size: int, patch: int, step: float, layout: str = "even") -> int | float:
     """How many windows ``window_starts`` would lay along one axis, computed without building them.
 
     A step so small that the count passes 2**62 comes back as a float (``math.inf`` where it
     overflows, e.g. a step of 5e-324), so a caller can compare any request with its limit without
-    allocating anything.
+    allocating anything. The ``fixed_stride`` layout never lays more windows than the axis has voxels.
     """
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1], got {step}")
+    _check_choice("window layout", layout, WINDOW_LAYOUTS)
     if patch >= size:
         return 1
+    if layout == "fixed_stride":
+        return math.ceil((size - patch) / fixed_stride(patch, step)) + 1
     # The same float expression as ``window_starts``, so both agree on the count exactly.
     stride_count = (size - patch) / (patch * step)
     if not math.isfinite(stride_count) or stride_count > 2**62:
@@ -58,20 +78,37 @@ def window_count(size: int, patch: int, step: float) -> int | float:
     return math.ceil(stride_count) + 1
 
 
-def total_windows(shape: Sequence[int], patch: Sequence[int], step: float) -> int | float:
+def total_windows(shape: Sequence[int], patch: Sequence[int], step: float, layout: str = "even") -> int | float:
     """Windows of ``window_positions`` over ``shape`` (each axis at least the patch); ``math.inf`` if unbounded."""
     total: int | float = 1
     for size, p in zip(shape, patch, strict=True):
-        total *= window_count(size, p, step)
+        total *= window_count(size, p, step, layout)
     return total
 
 
-def window_starts(size: int, patch: int, step: float) -> list[int]:
+def largest_stride(size: int, patch: int, step: float, layout: str = "even") -> int:
+    """The largest distance in voxels between two consecutive window starts along one axis (0 for one window).
+
+    Computed in O(1); the caller must have bounded ``window_count`` first.
+    """
+    count = window_count(size, patch, step, layout)
+    if count == 1:
+        return 0
+    if layout == "fixed_stride":
+        return fixed_stride(patch, step)
+    return math.ceil((size - patch) / (count - 1))
+
+
+def window_starts(size: int, patch: int, step: float, layout: str = "even") -> list[int]:
     """First voxel of each window along one axis of ``size`` voxels (``size >= patch``)."""
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1], got {step}")
+    _check_choice("window layout", layout, WINDOW_LAYOUTS)
     if patch > size:
         raise ValueError(f"patch {patch} is larger than the axis ({size}); pad the image first")
+    if layout == "fixed_stride":
+        stride = fixed_stride(patch, step)
+        return [min(i * stride, size - patch) for i in range(int(window_count(size, patch, step, layout)))]
     count = math.ceil((size - patch) / (patch * step)) + 1
     if count == 1:
         return [0]
@@ -80,7 +117,7 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
 
 
 def window_positions(
-    shape: Sequence[int], patch: Sequence[int], step: float, max_windows: int | None = None
+    shape: Sequence[int], patch: Sequence[int], step: float, max_windows: int | None = None, layout: str = "even"
 ) -> list[tuple[int, int, int]]:
     """All window corners (z, y, x), sorted by z first: the order the accumulator needs.
 
@@ -88,12 +125,12 @@ def window_positions(
         TooManyWindows: more than ``max_windows`` windows (checked before the list is built).
     """
     if max_windows is not None:
-        count = total_windows(shape, patch, step)
+        count = total_windows(shape, patch, step, layout)
         if count > max_windows:
             raise TooManyWindows(
                 f"step {step:g} lays {format_count(count)} windows of {_dims(patch)} over {_dims(shape)} voxels; "
                 f"at most {max_windows:,} are allowed")
-    per_axis = [window_starts(n, p, step) for n, p in zip(shape, patch, strict=True)]
+    per_axis = [window_starts(n, p, step, layout) for n, p in zip(shape, patch, strict=True)]
     return list(itertools.product(*per_axis))
 
 
@@ -113,11 +150,23 @@ def gaussian_importance_map(
     return weight.to(device)
 
 
-def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Pad (C, Z, Y, X) with zeros, split evenly on both sides, so every axis is at least the patch.
+def importance_map(patch: Sequence[int], blend: str = "gaussian", device: torch.device | str = "cpu") -> torch.Tensor:
+    """(Z, Y, X) float32 weight of each voxel of a window: ``gaussian_importance_map`` or ``constant`` ones."""
+    _check_choice("window blend", blend, WINDOW_BLENDS)
+    if blend == "constant":
+        return torch.ones(tuple(patch), dtype=torch.float32, device=device)
+    return gaussian_importance_map(patch, device=device)
 
+
+def pad_to_patch(
+    image: torch.Tensor, patch: Sequence[int], padding: str = "zeros"
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad (C, Z, Y, X), split evenly on both sides (the smaller half before), so every axis is at least the patch.
+
+    ``padding`` is ``zeros`` or ``replicate`` (edge voxels repeated, MONAI's ``padding_mode="replicate"``).
     Returns the padded image and the padding before each axis (to crop results back).
     """
+    _check_choice("window padding", padding, WINDOW_PADDINGS)
     before, pads = [], []
     for size, p in zip(image.shape[1:], patch, strict=True):
         missing = max(0, p - size)
@@ -126,7 +175,9 @@ def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tenso
     if not any(missing for pair in pads for missing in pair):
         return image, (0, 0, 0)
     flat = [value for pair in reversed(pads) for value in pair]
-    return torch.nn.functional.pad(image, flat), tuple(before)  # type: ignore[return-value]
+    # Replicate padding of three axes needs a batch dimension.
+    padded = torch.nn.functional.pad(image[None], flat, mode=TORCH_PAD_MODES[padding])[0]
+    return padded, tuple(before)  # type: ignore[return-value]
 
 
 def format_count(count: int | float) -> str:
@@ -231,8 +282,10 @@ def sliding_window(
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     max_windows: int | None = None,
+    blend: str = "gaussian",
+    layout: str = "even",
 ) -> None:
-    """Average Gaussian-weighted window logits over ``image`` and hand them out slab by slab.
+    """Average weighted window logits over ``image`` and hand them out slab by slab.
 
     Args:
         predict: batch (B, C, *patch) -> logits (B, num_classes, *patch).
@@ -249,18 +302,20 @@ def sliding_window(
             InferenceCancelled.
         max_windows: refuse (``TooManyWindows``) a layout of more windows, before building it: a tiny
             ``step`` would otherwise ask for millions of window corners.
+        blend: ``gaussian`` or ``constant`` window weights (``importance_map``).
+        layout: ``even`` or ``fixed_stride`` window starts (``window_starts``).
     """
     shape = tuple(image.shape[1:])
     device = image.device
     if is_cancelled is not None and is_cancelled():
         raise InferenceCancelled("cancelled before the windows were planned")
-    positions = windows_in_body(window_positions(shape, patch, step, max_windows), patch, body, is_cancelled)
+    importance = importance_map(patch, blend, device=device)
+    positions = windows_in_body(window_positions(shape, patch, step, max_windows, layout), patch, body, is_cancelled)
     batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     capacity = patch[0] + max((b[-1][0] - b[0][0] for b in batches), default=0)
     capacity = min(capacity, shape[0])
     scores = torch.zeros((num_classes, capacity, *shape[1:]), dtype=accumulate_dtype, device=device)
     weights = torch.zeros((capacity, *shape[1:]), dtype=torch.float32, device=device)
-    importance = gaussian_importance_map(patch, device=device)
     fill = (empty_logits if empty_logits is not None else torch.zeros(num_classes)).to(device, torch.float32)
     base = 0  # first row not yet handed out; rows base .. base + capacity - 1 live in the ring buffer
     step_rows = max(1, SLAB_ELEMENTS // (num_classes * shape[1] * shape[2]))

@@ -24,6 +24,8 @@ FAMILIES: dict[str, str] = {
     "suprem": "tsfm_backend.models.suprem",
     "click_unet": "tsfm_backend.models.click_unet",
     "sam3d": "tsfm_backend.models.sam3d",
+    "sam_med3d": "tsfm_backend.models.sam_med3d",
+    "vista3d": "tsfm_backend.models.vista3d",
 }
 
 

@@ -50,6 +50,8 @@ class Download(Timed):
     finished: float | None = None
     # False once the files are verified: from then on the install runs to its end.
     cancellable: bool = True
+    # The user accepted the licence of weights that need it (``catalog_install.check_license``).
+    license_accepted: bool = False
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
 
@@ -75,15 +77,20 @@ class DownloadManager:
         self._thread = threading.Thread(target=self._loop, name="tsfm-download", daemon=True)
         self._thread.start()
 
-    def submit(self, entry: CatalogEntry) -> tuple[Download, bool]:
-        """Queue ``entry``; returns (download, True), or (the queued or running one of that model, False)."""
+    def submit(self, entry: CatalogEntry, accept_license: bool = False) -> tuple[Download, bool]:
+        """Queue ``entry``; returns (download, True), or (the queued or running one of that model, False).
+
+        ``accept_license``: the user accepted the licence of weights that need it; without it such an
+        entry fails before its first byte (``catalog_install.LicenseNotAccepted``).
+        """
         with self._lock:
             for download in self._downloads.values():
                 if download.model == entry.id and download.state in ACTIVE:
                     return download, False
             if sum(d.state == "queued" for d in self._downloads.values()) >= self.max_queued:
                 raise Busy(f"{self.max_queued} downloads are already queued; try again later", self.retry_after_s)
-            download = Download(id=uuid.uuid4().hex, model=entry.id, bytes_total=entry.size)
+            download = Download(id=uuid.uuid4().hex, model=entry.id, bytes_total=entry.size,
+                                license_accepted=accept_license)
             self._downloads[download.id] = download
         self._queue.put((download, entry))
         log.info("download %s queued: %s", download.id, entry.id)
@@ -149,7 +156,8 @@ class DownloadManager:
                 with self._lock:
                     download.cancellable, download.message = False, f"{entry.id} is installed; loading it"
             else:
-                _, folder, _ = install_entry(entry, progress=False, on_progress=progress, should_stop=should_stop)
+                _, folder, _ = install_entry(entry, accept_license=download.license_accepted, progress=False,
+                                             on_progress=progress, should_stop=should_stop)
                 with self._lock:
                     download.cancellable, download.message = False, f"loading {entry.id}"
             self.serve(folder)

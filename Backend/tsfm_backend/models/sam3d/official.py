@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tsfm_backend.formats.errors import CheckpointError
+from tsfm_backend.formats.preset_match import match_preset as match_preset_by_differences
 from tsfm_backend.model_card import ModelCard
 
 from .model import PROMPTED_LEVEL, Sam3D
@@ -148,18 +149,7 @@ def checkpoint_differences(checkpoint: Mapping[str, Any], architecture: Mapping[
 
 def match_preset(checkpoint: Mapping[str, Any]) -> str:
     """Name of the preset whose keys and shapes the checkpoint has exactly; CheckpointError otherwise."""
-    report = {name: checkpoint_differences(checkpoint, arch) for name, arch in PRESETS.items()}
-    for name, differences in report.items():
-        if not differences:
-            return name
-    closest = min(report, key=lambda name: len(report[name]))
-    lines = report[closest]
-    more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
-    raise CheckpointError(
-        f"3DSAM-adapter checkpoint fits no known architecture; against {closest!r}: "
-        + "; ".join(lines[:6])
-        + more
-    )
+    return match_preset_by_differences(PRESETS, lambda name: checkpoint_differences(checkpoint, PRESETS[name]), "3DSAM-adapter")
 
 
 def _scalar(value: Any) -> Any:
