@@ -45,6 +45,7 @@ from TSFMSegmentationLib.logic_downloads import (
 )
 from TSFMSegmentationLib.logic_interactive import InteractiveEditor, OtherSegmentation
 from TSFMSegmentationLib.logic_jobs import AutomaticJob, JobStatus
+from TSFMSegmentationLib.model_choices import AUTOMATIC, INTERACTIVE, model_choices
 from TSFMSegmentationLib.prompts import BoxNotReady, create_prompt_list
 from TSFMSegmentationLib.segments import EditSettings
 from TSFMSegmentationLib.selftest import (
@@ -186,6 +187,11 @@ class TSFMSegmentationLogic(ScriptedLoadableModuleLogic):
     def models(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Models the backend serves, optionally only "automatic" or "promptable" ones."""
         return [m for m in self.connection.require().models() if kind is None or m.get("kind") == kind]
+
+    def modelChoices(self, use: str) -> list[dict[str, Any]]:
+        """Models to offer for ``use``: "automatic" (jobs) or "interactive" (sessions: the promptable models
+        and automatic ones whose weights also take clicks, such as VISTA3D)."""
+        return model_choices(self.connection.require().models(), use)
 
     def downloadableModels(self) -> list[dict[str, Any]]:
         """Catalog entries the backend can download and does not serve yet."""
@@ -526,15 +532,15 @@ class TSFMSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         summary, warning = self.logic.backendSummary()
         self.ui.backendStatusLabel.text = _("Connected: ") + summary
         self.ui.cpuWarningLabel.text = warning
-        self._fillModels(self.ui.automaticModelComboBox, "automatic")
-        self._fillModels(self.ui.interactiveModelComboBox, "promptable")
+        self._fillModels(self.ui.automaticModelComboBox, AUTOMATIC)
+        self._fillModels(self.ui.interactiveModelComboBox, INTERACTIVE)
         self._fillCatalog()
 
-    def _fillModels(self, combo, kind: str) -> None:  # noqa: ANN001
+    def _fillModels(self, combo, use: str) -> None:  # noqa: ANN001
         import qt
 
         combo.clear()
-        for model in self.logic.models(kind):
+        for model in self.logic.modelChoices(use):
             combo.addItem(model["id"])
             combo.setItemData(combo.count - 1, f"{model.get('description', '')} ({model.get('license', '')})",
                               qt.Qt.ToolTipRole)
@@ -855,7 +861,7 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
         ui.startBackendButton.click()
         self.assertIsNotNone(logic.connection.client, ui.backendStatusLabel.text)
         try:
-            defaults = [model["id"] for model in logic.models("promptable") if model.get("default")]
+            defaults = [model["id"] for model in logic.modelChoices(INTERACTIVE) if model.get("default")]
             self.assertEqual(ui.interactiveModelComboBox.currentText, defaults[0])
 
             ui.startInteractiveButton.click()
@@ -930,8 +936,8 @@ class TSFMSegmentationTest(ScriptedLoadableModuleTest):
         logic = TSFMSegmentationLogic()
         logic.startLocalBackend(onWait=lambda elapsed: slicer.app.processEvents())
         try:
-            models = logic.models("promptable")
-            self.assertTrue(models, "the backend serves no promptable model")
+            models = logic.modelChoices(INTERACTIVE)
+            self.assertTrue(models, "the backend serves no interactive model")
             default = next((m["id"] for m in models if m.get("default")), models[0]["id"])
             model = os.environ.get("TSFM_SELFTEST_MODEL", default)
             score = one_click_dice(logic, volume, reference, model)

@@ -16,28 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Header, Path, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tsfm_backend.server import schemas
+from tsfm_backend.server import monailabel, nninteractive, schemas
+from tsfm_backend.server.bearer import bearer_check
 from tsfm_backend.server.engine import MaskCrop
-from tsfm_backend.server.errors import Busy, Invalid, ServiceError
+from tsfm_backend.server.error_answers import add_error_handlers
+from tsfm_backend.server.errors import Invalid
 from tsfm_backend.server.limits import BodySizeLimit, Gate
+from tsfm_backend.server.mounts import PrefixMount
 from tsfm_backend.server.services import Services, describe_validation
 from tsfm_backend.server.settings import API_VERSION, Settings
 from tsfm_backend.server.wire import MEDIA_TYPE, WireError, describe_json_error, encode_frame
 
-log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 5.0
 
 HexId = Annotated[str, Path(pattern=schemas.HEX_ID, description="32 lower-case hex digits made by the server")]
@@ -67,8 +65,14 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
                   docs_url=None, redoc_url=None,
                   description="Automatic and interactive 3D segmentation; see Backend/README.md")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    _add_error_handlers(app)
-    auth = [Depends(_bearer_check(settings.token))]
+    # The plugins' protocols, each under its prefix with its own body limits and error format; added
+    # after /v1's body limit, so they run before it (mounts.py says why).
+    app.add_middleware(PrefixMount, prefix=nninteractive.PREFIX,  # SlicerNNInteractive's Remote mode
+                       target=nninteractive.make_app(settings, services, model_gate, upload_gate))
+    app.add_middleware(PrefixMount, prefix=monailabel.PREFIX,  # MONAI Label's Slicer plugin
+                       target=monailabel.make_app(settings, services, model_gate, upload_gate))
+    add_error_handlers(app, "error", {WireError: 400})
+    auth = [Depends(bearer_check(settings.token, "missing or wrong bearer token (send 'Authorization: Bearer <token>')"))]
 
     @app.get("/v1/health", response_model=schemas.Health)
     async def health() -> schemas.Health:
@@ -188,21 +192,6 @@ def make_app(settings: Settings, services: Services) -> FastAPI:
     return app
 
 
-def _bearer_check(token: str | None):  # noqa: ANN202 - a FastAPI dependency
-    expected = token.encode("utf-8") if token is not None else None
-
-    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if expected is None:
-            return
-        scheme, _, supplied = (authorization or "").partition(" ")
-        # compare_digest takes the same time wherever the first differing byte is.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode("utf-8"), expected):
-            raise StarletteHTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                         headers={"WWW-Authenticate": "Bearer"})
-
-    return require_token
-
-
 def _parse_json(schema: type, body: bytes) -> Any:
     try:
         data = json.loads(body)
@@ -227,31 +216,3 @@ async def _sweep_sessions(services: Services) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
         services.sessions.sweep()
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Busy) else None
-        return _error(error.status, error.message, headers)
-
-    @app.exception_handler(WireError)
-    async def wire_error(_: Request, error: WireError) -> JSONResponse:
-        return _error(400, str(error))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return _error(422, describe_validation(list(error.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-        return _error(500, f"internal server error ({type(error).__name__}); see the server log")

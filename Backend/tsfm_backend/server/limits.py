@@ -3,9 +3,10 @@ gates that bound how many requests of a kind are in progress at once.
 
 A declared ``Content-Length`` over the limit is refused before a byte of the body is read; a body
 sent without one (chunked) is counted as it streams in and refused when it crosses the limit.
-Either way the answer is 413 with ``{"error": message}``. Frames (``application/vnd.tsfm.frame``)
-may be as large as ``max_bytes``; any other body (JSON) at most ``max_other_bytes``, which bounds
-what a JSON parser is ever handed.
+Either way the answer is 413 with ``{"error": message}`` (a protocol's own ``error_key`` for the
+plugins' applications). Bodies of one media type, TSFM frames (``application/vnd.tsfm.frame``) for
+``/v1``, may be as large as ``max_bytes``; any other body (JSON) at most ``max_other_bytes``, which
+bounds what a JSON parser is ever handed.
 
 A ``Gate`` holds at most ``size`` requests; one more is answered 503 with Retry-After at once,
 before its body is read, instead of waiting for a thread of the server's pool.
@@ -35,24 +36,33 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    """Refuse HTTP request bodies larger than ``max_bytes`` (frames) or ``max_other_bytes`` (others) with 413."""
+    """Refuse HTTP request bodies larger than ``max_bytes`` (frames) or ``max_other_bytes`` (others) with 413.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = MAX_JSON_BODY_BYTES) -> None:
+    Args:
+        large_media_type: the one media type that may reach ``max_bytes``; ``large_name`` names it to the user.
+        error_key: the key of the refusal's JSON object (the protocol's error format).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = MAX_JSON_BODY_BYTES,
+                 large_media_type: bytes = FRAME_MEDIA_TYPE, large_name: str = "a frame",
+                 error_key: str = "error") -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_other_bytes = min(max_other_bytes, max_bytes)
+        self.large_media_type, self.error_key = large_media_type, error_key
+        self.other_what = f"request body that is not {large_name} ({large_media_type.decode()})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _content_type(scope) == FRAME_MEDIA_TYPE:
+        if _content_type(scope) == self.large_media_type:
             limit, what = self.max_bytes, "request body"
         else:
-            limit, what = self.max_other_bytes, "request body that is not a frame (application/vnd.tsfm.frame)"
+            limit, what = self.max_other_bytes, self.other_what
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, BodyTooLarge(limit, what).detail)
+            await _refuse(send, self.error_key, BodyTooLarge(limit, what).detail)
             return
         received = 0
 
@@ -118,8 +128,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, message: str) -> None:
-    body = json.dumps({"error": message}).encode("utf-8")
+async def _refuse(send: Send, error_key: str, message: str) -> None:
+    body = json.dumps({error_key: message}).encode("utf-8")
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

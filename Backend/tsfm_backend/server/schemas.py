@@ -197,6 +197,8 @@ class ModelInfo(BaseModel):
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
     default: bool = Field(False, description="the promptable model to offer first")
+    serves_clicks: bool = Field(False, description="true: POST /v1/sessions takes this model (every promptable "
+                                "model, and automatic ones such as VISTA3D whose weights also take clicks)")
 
 
 class CatalogInfo(BaseModel):

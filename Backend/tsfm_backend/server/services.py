@@ -21,8 +21,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from tsfm_backend.catalog import catalog_entry, load_catalog
+from tsfm_backend.catalog_install import LicenseNotAccepted, check_license
 from tsfm_backend.checkpoints import LoadedModel, load_model
 from tsfm_backend.formats.errors import CheckpointError, UnknownModelError
+from tsfm_backend.inference.interactive import serves_clicks
 from tsfm_backend.server import schemas
 from tsfm_backend.server.downloads import Download, DownloadManager, installed_folder
 from tsfm_backend.server.engine import Engine, MaskCrop, as_crop, check_job_size
@@ -91,6 +93,7 @@ class ModelRegistry:
                 id=card.id, kind=card.kind, family=card.family, license=card.license,
                 classes={str(k): v for k, v in sorted(card.classes.items())}, description=card.description,
                 patch_size=card.patch_size, spacing=card.spacing, default=card.id == DEFAULT_INTERACTIVE_MODEL,
+                serves_clicks=serves_clicks(card),
             )
             for card in cards
         ]
@@ -183,11 +186,11 @@ class Services:
                     f"{entry.id} cannot be downloaded by the server: its files have no direct link. "
                     f"{entry.notes} Download it by hand, run `tsfm-backend import FILE --id {entry.id}` on the "
                     f"server's machine, then ask for this download again to serve it.")
-            if not entry.redistributable and not request.accept_license:
-                raise Conflict(
-                    f"{entry.id} is under {entry.license}, which does not allow redistribution: read it at "
-                    f"{entry.homepage} and send accept_license: true to download it for yourself")
-        return self.downloads.submit(entry)
+            try:
+                check_license(entry, request.accept_license, "send accept_license: true")
+            except LicenseNotAccepted as error:
+                raise Conflict(str(error)) from None
+        return self.downloads.submit(entry, accept_license=request.accept_license)
 
     def download_status(self, download: Download) -> schemas.DownloadStatus:
         return schemas.DownloadStatus(
@@ -241,7 +244,7 @@ class Services:
     # ---- sessions --------------------------------------------------------------------------------
     def create_session(self, request: schemas.SessionCreate) -> schemas.SessionInfo:
         loaded = self.models.get(request.model)
-        if loaded.card.kind != "promptable":
+        if not serves_clicks(loaded.card):
             raise BadInput(f"model {request.model!r} is {loaded.card.kind}: submit a job for it instead")
         volume = self.images.get(request.image_id)
         self.sessions.ensure_capacity()
@@ -258,7 +261,7 @@ class Services:
 
     def interact(self, session_id: str, interaction: schemas.Interaction) -> MaskCrop:
         prompt = self._engine_interaction(interaction)
-        return self._on_session(session_id, lambda engine: as_crop(engine.interact(prompt)))
+        return self._on_engine(session_id, lambda engine: as_crop(engine.interact(prompt)))
 
     def seed_and_interact(self, session_id: str, body: bytes) -> MaskCrop:
         """Framed request: set the object's starting mask (payload, K, J, I), then apply the optional prompt."""
@@ -281,16 +284,16 @@ class Services:
             seeded = engine.set_mask(request.object_id, seed)
             return as_crop(engine.interact(prompt)) if prompt is not None else as_crop(seeded)
 
-        return self._on_session(session_id, apply)
+        return self._on_engine(session_id, apply)
 
     def undo(self, session_id: str, object_id: int) -> MaskCrop:
-        return self._on_session(session_id, lambda engine: as_crop(engine.undo(object_id)))
+        return self._on_engine(session_id, lambda engine: as_crop(engine.undo(object_id)))
 
     def redo(self, session_id: str, object_id: int) -> MaskCrop:
-        return self._on_session(session_id, lambda engine: as_crop(engine.redo(object_id)))
+        return self._on_engine(session_id, lambda engine: as_crop(engine.redo(object_id)))
 
     def reset(self, session_id: str, object_id: int | None) -> None:
-        self._on_session(session_id, lambda engine: engine.reset(object_id))
+        self._on_engine(session_id, lambda engine: engine.reset(object_id))
 
     def heartbeat(self, session_id: str) -> schemas.LeaseInfo:
         session = self._session(session_id, active=False)
@@ -299,25 +302,46 @@ class Services:
     def _session(self, session_id: str, active: bool) -> Session:
         return self.sessions.get(session_id, active=active)
 
-    def _on_session(self, session_id: str, action: Any) -> Any:
-        """Run ``action(engine)`` on the worker under the session's lock; engine ValueErrors become 400.
+    def on_session(self, session_id: str, action: Callable[[Session], T], on_worker: bool = True) -> T:
+        """Run ``action(session)`` under the session's lock, on the model worker unless ``on_worker`` is False.
+
+        The one way a request changes a session (``/v1``'s and the plugins' protocols' alike): requests
+        on one session run in arrival order, both its clocks are renewed before and after (time spent
+        waiting for the worker does not count), and a ValueError (a prompt or mask the engine refuses)
+        answers 400. ``action`` checks whatever can refuse the request before it changes anything.
+
+        Raises:
+            Expired, NotFound: no live session ``session_id`` (410, 404).
+            Busy: the worker did not get to it within the interaction timeout.
+            BadInput: ``action`` raised a ValueError.
+        """
+        session = self._session(session_id, active=True)
+        with session.lock:
+            try:
+                if not on_worker:
+                    return action(session)
+                return self.worker.call(lambda: action(session), self.settings.interaction_timeout_s,
+                                        self.settings.retry_after_s)
+            except ValueError as error:
+                raise BadInput(str(error)) from error
+            finally:
+                self.sessions.touch(session)
+
+    def _on_engine(self, session_id: str, action: Callable[[Any], T]) -> T:
+        """``action(engine)`` of a ``/v1`` session through ``on_session``, once its image is known to be held.
 
         All or nothing: whatever can refuse the request (the session, its image) is checked before
         ``action`` changes the session, and nothing after it can fail. A change the server made is
         therefore always answered, and a refused request changed nothing. A MaskCrop result carries
         the image shape looked up beforehand.
         """
-        session = self._session(session_id, active=True)
-        with session.lock:
+
+        def run(session: Session) -> T:
             image_shape = self._session_image_shape(session)
-            try:
-                result = self.worker.call(lambda: action(session.engine),
-                                          self.settings.interaction_timeout_s, self.settings.retry_after_s)
-            except ValueError as error:
-                raise BadInput(str(error)) from error
-            finally:
-                self.sessions.touch(session)
-        return replace(result, image_shape=image_shape) if isinstance(result, MaskCrop) else result
+            result = action(session.engine)
+            return replace(result, image_shape=image_shape) if isinstance(result, MaskCrop) else result
+
+        return self.on_session(session_id, run)
 
     def _session_image_shape(self, session: Session) -> tuple[int, int, int]:
         """The shape of the session's image; NotFound once the store evicted it (the session is then of no

@@ -1,11 +1,12 @@
 """Interactive sessions held under a lease: capacity, heartbeat, idle expiry and 410 for the expired.
 
-A session lives while both clocks run: *liveness* (reset by any request, heartbeat included; a
-client that vanished stops sending them) and *idle* (reset by interactions, undo, redo and reset; a
-forgotten open viewer keeps heartbeating but stops clicking). When either runs out the session is
-dropped and its id remembered, so the next request on it answers 410 Gone and the client knows to
-create a new session and re-seed it from its current mask. Expiry is checked on every registry call
-and by ``sweep``; a session in the middle of a request never expires.
+A session lives while both clocks run: *liveness* (reset by any request, heartbeat included, but
+not by a status query, ``peek``; a client that vanished stops sending them) and *idle* (reset by
+interactions, undo, redo and reset; a forgotten open viewer keeps heartbeating but stops clicking).
+When either runs out the session is dropped and its id remembered, so the next request on it
+answers 410 Gone and the client knows to create a new session and re-seed it from its current
+mask. Expiry is checked on every registry call and by ``sweep``; a session in the middle of a
+request never expires.
 """
 
 from __future__ import annotations
@@ -80,19 +81,21 @@ class SessionRegistry:
             NotFound: no such session was ever made here, or it was closed (404).
         """
         with self._lock:
-            self._sweep_locked()
-            session = self._sessions.get(session_id)
-            if session is None:
-                reason = self._expired.get(session_id)
-                if reason is not None:
-                    raise Expired(f"session {session_id} expired ({reason}); create a new session and "
-                                  "re-seed it from your current mask")
-                raise NotFound(f"session {session_id} does not exist (or was closed)")
+            session = self._live_locked(session_id)
             now = self.clock()
             session.last_seen = now
             if active:
                 session.last_active = now
             return session
+
+    def peek(self, session_id: str) -> Session:
+        """The live session, its clocks left as they are: a status query that must not keep it alive.
+
+        Raises:
+            Expired, NotFound: as ``get``.
+        """
+        with self._lock:
+            return self._live_locked(session_id)
 
     def touch(self, session: Session) -> None:
         """Renew the lease after a long request, so time spent waiting for the worker does not count."""
@@ -119,6 +122,17 @@ class SessionRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    def _live_locked(self, session_id: str) -> Session:
+        self._sweep_locked()
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session
+        reason = self._expired.get(session_id)
+        if reason is not None:
+            raise Expired(f"session {session_id} expired ({reason}); create a new session and "
+                          "re-seed it from your current mask")
+        raise NotFound(f"session {session_id} does not exist (or was closed)")
 
     def _check_capacity_locked(self) -> None:
         if len(self._sessions) >= self.max_sessions:

@@ -220,3 +220,18 @@ def test_a_session_in_the_middle_of_a_request_does_not_expire() -> None:
         registry.touch(session)
     assert registry.get(session.id, active=True) is session
     assert registry.expires_in(session) == 60
+
+
+def test_peek_finds_a_session_without_renewing_either_clock() -> None:
+    clock = Clock()
+    registry = SessionRegistry(max_sessions=2, liveness_s=60, idle_s=600, clock=clock)
+    session = registry.add("m", "a" * 32, engine=object())
+    clock.now += 50
+    assert registry.peek(session.id) is session
+    assert (session.last_seen, session.last_active) == (1000.0, 1000.0)
+    assert registry.expires_in(session) == 10
+    clock.now += 11  # past the liveness the peek did not renew
+    with pytest.raises(Expired, match="no request for 60 s"):
+        registry.peek(session.id)
+    with pytest.raises(NotFound):
+        registry.peek("f" * 32)
