@@ -1,11 +1,18 @@
-"""Local corrections: only the changes connected to the click survive; the session applies them to clicks
-on an object that already has a mask."""
+"""Local corrections: only the changes of the click's sign connected to the click survive; the session
+applies them to clicks on an object that already has a mask."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
-from tsfm_backend.inference.corrections import click_ball, keep_changes_near
+import pytest
+from support.interactive_models import ellipsoid_volume
+from tsfm_backend.checkpoints import LoadedModel
+from tsfm_backend.inference.click_policy import dice
+from tsfm_backend.inference.corrections import click_ball, correct_locally, negative_reach_mm
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
+from tsfm_backend.model_card import ModelCardError
 
 
 def test_changes_away_from_the_click_are_reverted():
@@ -14,17 +21,49 @@ def test_changes_away_from_the_click_are_reverted():
     new = np.zeros_like(old)
     new[2:8, 5:12, 5:15] = 1      # the network also shrank it (a change away from the click)
     new[2:8, 25:35, 25:35] = 1    # and added what the click asked for
-    kept = keep_changes_near(old, new, (5, 30, 30), (1.0, 2.0, 2.0))
+    new[2:8, 36:39, 2:5] = 1      # and an unconnected addition elsewhere
+    kept = correct_locally(old, new, (5, 30, 30), True, (2.0, 1.0, 1.0), 2.0)
     assert kept[2:8, 25:35, 25:35].all()
     assert kept[2:8, 5:15, 5:15].all()  # the far shrink is reverted
-    assert np.array_equal(keep_changes_near(old, old, (5, 30, 30), (1.0, 2.0, 2.0)), old)
+    assert not kept[2:8, 36:39, 2:5].any()  # the far addition too
+    assert np.array_equal(correct_locally(old, old, (5, 30, 30), True, (2.0, 1.0, 1.0), 2.0), old)
 
 
-def test_a_prediction_whose_changes_all_miss_the_click_is_kept():
+def test_a_positive_click_never_removes_and_a_negative_click_never_adds():
+    old = np.zeros((10, 40, 40), np.uint8)
+    old[2:8, 10:30, 10:30] = 1
+    new = old.copy()
+    new[2:8, 10:30, 28:36] = 1    # grows towards the click ...
+    new[2:8, 10:30, 10:14] = 0    # ... and moves the boundary next to it inward (connected to the growth)
+    kept = correct_locally(old, new, (5, 20, 33), True, (2.0, 1.0, 1.0), 2.0)
+    assert kept[2:8, 10:30, 30:36].all() and kept[2:8, 10:30, 10:14].all()
+    shrunk = old.copy()
+    shrunk[2:8, 10:30, 24:30] = 0  # removes what the negative click asked ...
+    shrunk[2:8, 30:33, 10:30] = 1  # ... and adds a rim next to it
+    kept = correct_locally(old, shrunk, (5, 20, 27), False, (2.0, 1.0, 1.0), 2.0)
+    assert not kept[2:8, 10:30, 24:30].any() and kept[2:8, 10:30, 10:24].all()
+    assert not kept[2:8, 30:33, :].any()
+
+
+def test_a_negative_click_removes_only_within_its_reach():
+    old = np.zeros((10, 60, 60), np.uint8)
+    old[1:9, 5:55, 5:55] = 1
+    new = old.copy()
+    new[1:9, 5:55, 20:55] = 0     # the network takes most of the object with the click's region
+    click = (5, 30, 52)           # 3 mm inside the border: it may remove within 15 mm of itself
+    assert negative_reach_mm(old, click, (2.0, 1.0, 1.0)) == 15.0
+    kept = correct_locally(old, new, click, False, (2.0, 1.0, 1.0), 2.0)
+    assert not kept[5, 30, 38:55].any() and kept[5, 30, 5:36].all()  # 14 mm off along i is removed
+    assert not kept[5, 16, 52] and kept[5, 14, 52]  # 14 mm off along j is removed, 16 mm is kept
+
+
+def test_a_prediction_whose_changes_all_miss_the_click_changes_nothing():
     old = np.zeros((6, 20, 20), np.uint8)
+    old[1:5, 10:18, 10:18] = 1
     new = old.copy()
     new[1:3, 1:4, 1:4] = 1
-    assert np.array_equal(keep_changes_near(old, new, (4, 15, 15), (1.0, 1.0, 1.0)), new)
+    assert np.array_equal(correct_locally(old, new, (4, 15, 15), True, (1.0, 1.0, 1.0), 1.0), old)
+    assert np.array_equal(correct_locally(old, np.zeros_like(old), (4, 2, 2), False, (1.0, 1.0, 1.0), 1.0), old)
 
 
 def test_click_ball_is_an_ellipsoid_in_voxels():
@@ -42,3 +81,54 @@ def test_the_session_localises_corrections_but_not_first_clicks(echo_model, soft
     assert both[20, 60, 60] and np.array_equal(both[:, :45, :45], first[:, :45, :45])
     session.interact(Interaction("point", False, point=(20, 60, 60)))  # removes only what it touches
     assert not session.mask(1)[20, 60, 60] and np.array_equal(session.mask(1), first)
+
+
+def _windowed(model, window=(12, 24, 24)):
+    return LoadedModel(model.network, replace(model.card, correction_region=window))
+
+
+def test_a_correction_is_predicted_in_a_window_around_the_click(echo_model, soft_tissue):
+    plain = InteractiveSession(echo_model, soft_tissue, local_corrections=True)
+    windowed = InteractiveSession(_windowed(echo_model), soft_tissue, local_corrections=True)
+    network = windowed.network
+    clicks = [Interaction("point", True, point=(20, 30, 30)), Interaction("point", True, point=(20, 40, 42)),
+              Interaction("point", False, point=(20, 30, 30)), Interaction("point", True, point=(24, 36, 36))]
+    for click in clicks:
+        plain.interact(click)
+        before = windowed.mask(1) if windowed.objects else None
+        calls = len(network.calls)
+        update = windowed.interact(click)
+        after = windowed.mask(1)
+        # The first click runs on the object's region; each correction on the small window only, and
+        # changes nothing outside it (the window spans 24 x 48 x 48 mm around the click).
+        assert network.calls[calls:] == ([(16, 32, 32)] if click is clicks[0] else [(12, 24, 24)])
+        if before is not None:
+            outside = np.ones(after.shape, bool)
+            k, j, i = click.point
+            outside[k - 6:k + 7, j - 24:j + 25, i - 24:i + 25] = False
+            assert np.array_equal(after[outside], before[outside]) and not update.empty
+        assert after[click.point] == click.positive
+        # The window sees the same network on a differently aligned grid: the same correction, up to
+        # resampling at its boundary.
+        assert dice(after, plain.mask(1)) > 0.9
+
+
+def test_a_correction_reaching_the_window_border_is_predicted_on_the_whole_region(bright_model):
+    volume, _ = ellipsoid_volume()
+    plain = InteractiveSession(bright_model, volume, local_corrections=True)
+    windowed = InteractiveSession(_windowed(bright_model, (4, 8, 8)), volume, local_corrections=True)
+    network = windowed.network
+    for session in (plain, windowed):
+        session.set_mask(1, np.zeros(volume.array.shape, np.uint8) | (np.indices(volume.array.shape)[2] == 48))
+        calls = len(network.calls)
+        session.interact(Interaction("point", True, point=(20, 48, 48)))
+    grids = network.calls[calls:]
+    assert grids[0] == (4, 8, 8) and len(grids) > 1 and grids[1] != (4, 8, 8)
+    assert np.array_equal(windowed.mask(1), plain.mask(1))
+
+
+def test_a_card_refuses_a_correction_region_that_is_not_three_positive_sizes(echo_model):
+    for bad in ((0, 16, 16), (8, 16)):
+        with pytest.raises(ModelCardError, match="correction_region"):
+            replace(echo_model.card, correction_region=bad)
+    assert replace(echo_model.card, correction_region=[8, 16, 16]).correction_region == (8, 16, 16)
