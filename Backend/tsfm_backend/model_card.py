@@ -80,10 +80,6 @@ class ModelCard:
         local_corrections: for promptable models, whether a click on an object that already has a mask
             changes it only by the changes of its sign connected to the click (``inference.corrections``),
             so that a correction cannot alter distant parts of the object, nor remove when it asks to add.
-        correction_region: for promptable ``click_unet`` models with ``local_corrections``, the model grid
-            (K, J, I voxels) a correction click is first predicted in, centred on the click; the object's
-            whole region is predicted only when the correction reaches that window's border. None
-            predicts every click on the object's whole region.
     """
 
     id: str
@@ -107,7 +103,6 @@ class ModelCard:
     head_trained: bool = True
     procedure: str | None = None
     local_corrections: bool = False
-    correction_region: tuple[int, int, int] | None = None
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -115,8 +110,6 @@ class ModelCard:
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
-        if self.correction_region is not None:
-            self.correction_region = tuple(int(p) for p in self.correction_region)  # type: ignore[assignment]
         self.validate()
 
     def validate(self) -> None:
@@ -146,9 +139,6 @@ class ModelCard:
             raise ModelCardError(f"spacing must be three positive numbers in mm, got {self.spacing}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ModelCardError(f"patch_size must be three positive integers, got {self.patch_size}")
-        if self.correction_region is not None and (len(self.correction_region) != 3
-                                                   or min(self.correction_region) < 1):
-            raise ModelCardError(f"correction_region must be three positive integers, got {self.correction_region}")
         if 0 in self.classes:
             raise ModelCardError("classes must not list label 0 (background)")
         if not isinstance(self.head_trained, bool):

@@ -261,10 +261,6 @@ def main() -> int:
             timing[f"region_128_{'amp' if amp else 'fp32'}"] = {
                 "grid": (128, 128, 128), "precision": precision,
                 "seconds": forward_seconds(network, (128, 128, 128), 2, amp=amp)}
-            if loaded.card.correction_region is not None:  # where corrections run unless they reach its border
-                window = tuple(loaded.card.correction_region)
-                timing[f"correction_window_{'amp' if amp else 'fp32'}"] = {
-                    "grid": window, "precision": precision, "seconds": forward_seconds(network, window, amp=amp)}
         for key, value in timing.items():
             print(f"{name}: network pass on a {value['grid']} model grid, {value['precision']} ({key}): "
                   f"{value['seconds']:.2f} s")

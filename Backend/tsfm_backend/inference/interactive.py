@@ -62,7 +62,6 @@ from tsfm_backend.volume import Volume
 Voxel = tuple[int, int, int]
 
 MAX_GROWTH = 2
-IMAGE_CACHE_ENTRIES = 2
 KINDS = ("point", "box")
 # Image voxels one click's region may hold. The region is cropped, resampled and written back at the
 # image's own resolution, so a click's memory grows with it (about 16 bytes a voxel at the peak): on a
@@ -185,9 +184,7 @@ class InteractiveSession:
             canonical_modality(modality) if modality else None)
         self.objects: dict[int, _Object] = {}
         self._lock = threading.Lock()
-        # The normalised image of the object's region and of the last correction window: successive
-        # clicks usually share them.
-        self._image_cache: dict[Roi, torch.Tensor] = {}
+        self._image_cache: tuple[Roi, torch.Tensor] | None = None
         self._sam3d = None
         self._sam_med3d = None
         self.procedure: str | None = None
@@ -240,7 +237,6 @@ class InteractiveSession:
             if state is None:
                 state = _Object(np.zeros(self.shape, dtype=np.uint8))
             prompts = _add_prompt(state.prompts, interaction)
-            window = None  # a correction predicted around the click, outside the object's region
             if self._sam3d is not None and self.procedure == "published":
                 roi, region = self._predict_sam3d_published(state.mask, prompts)
             elif self._sam3d is not None:
@@ -251,16 +247,14 @@ class InteractiveSession:
                 roi = Roi(start=(0, 0, 0), size=self.shape, grid=self.shape)
                 region = self._vista3d.predict(state.mask, prompts.positive, prompts.negative)
             else:
-                window = self._predict_correction(state, prompts, interaction)
-                roi, region = window or self._predict_grown(state, prompts)
+                roi, region = self._predict_grown(state, prompts)
             if self.local_corrections and interaction.kind == "point" and state.mask.any():
                 point = tuple(int(p) - s for p, s in zip(interaction.point, roi.start, strict=True))
                 region = correct_locally(roi_geometry.crop(state.mask, roi, 0), region, point,
                                          interaction.positive, self.image_spacing, self.click_radius_mm)
             if created:
                 self.objects[interaction.object_id] = state
-            if window is None:
-                state.roi = roi
+            state.roi = roi
             return self._commit(interaction.object_id, state, roi, region, prompts)
 
     def undo(self, object_id: int) -> MaskUpdate:
@@ -392,35 +386,6 @@ class InteractiveSession:
             fitted[axis] = follow(axis)
         return within_voxels(tuple(fitted), self.max_roi_voxels), tuple(grid)  # type: ignore[return-value]
 
-    def _correction_size(self) -> Voxel | None:
-        """The image voxels of the card's ``correction_region`` (None without one)."""
-        if self.card.correction_region is None:
-            return None
-        wanted = tuple(max(1, round(g * m / s)) for g, m, s in zip(  # type: ignore[arg-type]
-            self.card.correction_region, self.model_spacing, self.image_spacing, strict=True))
-        return self._fit(wanted)[0]
-
-    def _predict_correction(self, state: _Object, prompts: _Prompts,
-                            interaction: Interaction) -> tuple[Roi, np.ndarray] | None:
-        """A correction click predicted in the card's ``correction_region`` centred on it, or None.
-
-        Local corrections keep only what is connected to the click, so a window around it computes the
-        same correction in a fraction of the object's region, unless the correction reaches the window's
-        border: then (and for first prompts, boxes, or without local corrections) None asks for the
-        object's whole region.
-        """
-        size = self._correction_size()
-        if size is None or not self.local_corrections or interaction.kind != "point" or not state.mask.any():
-            return None
-        roi = roi_geometry.around_point(interaction.point, size, self.shape, self._fit)
-        region = self._predict_click_unet(roi, state.mask, prompts)
-        old = roi_geometry.crop(state.mask, roi, 0)
-        point = tuple(int(p) - s for p, s in zip(interaction.point, roi.start, strict=True))
-        kept = correct_locally(old, region, point, interaction.positive, self.image_spacing, self.click_radius_mm)
-        if roi_geometry.touches_inner_border(kept != old, roi, self.shape):
-            return None
-        return roi, kept
-
     def _predict_grown(self, state: _Object, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
         """Predict in the object's ROI; grow the ROI while the mask touches an inner border of it."""
         roi = roi_geometry.place(state.roi, prompts.points(), self._base_roi_size(), self.shape, self._fit)
@@ -446,14 +411,13 @@ class InteractiveSession:
         return torch.tensor([roi_geometry.image_to_grid(p, roi) for p in points], device=self.device)
 
     def _model_image(self, roi: Roi) -> torch.Tensor:
-        """(1, *roi.grid) normalised image of the ROI on the model grid; the last two are cached."""
-        if roi in self._image_cache:
-            return self._image_cache[roi]
+        """(1, *roi.grid) normalised image of the ROI on the model grid; the last one is cached, since
+        successive clicks usually share their ROI."""
+        if self._image_cache is not None and self._image_cache[0] == roi:
+            return self._image_cache[1]
         image = normalize(self._crop_tensor(self.volume.array, roi, self.fill_value)[None], self.normalization)
         image = F.interpolate(image[None], size=roi.grid, mode="trilinear", align_corners=False)[0]
-        while len(self._image_cache) >= IMAGE_CACHE_ENTRIES:
-            del self._image_cache[next(iter(self._image_cache))]  # the oldest: dicts keep insertion order
-        self._image_cache[roi] = image
+        self._image_cache = (roi, image)
         return image
 
     def _predict_click_unet(self, roi: Roi, mask: np.ndarray, prompts: _Prompts) -> np.ndarray:

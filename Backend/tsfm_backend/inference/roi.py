@@ -114,12 +114,6 @@ def grow(roi: Roi, region: np.ndarray, points: Sequence[Voxel], base: Voxel, sha
     return _covering(coords.min(0), coords.max(0), roi.size, base, shape, fit)
 
 
-def around_point(point: Voxel, size: Voxel, shape: Voxel, fit: Fit) -> Roi:
-    """The ROI of ``size`` (as ``fit`` rounds it) centred on ``point``, shifted to stay inside the image."""
-    coords = np.asarray(point, dtype=int)
-    return _covering(coords, coords, size, size, shape, fit)
-
-
 def around_mask(mask: np.ndarray, base: Voxel, fit: Fit) -> Roi:
     """The ROI covering a non-empty (K, J, I) mask with a margin (used when a mask is seeded)."""
     coords = np.argwhere(mask)

@@ -3,16 +3,9 @@ applies them to clicks on an object that already has a mask."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
-import pytest
-from support.interactive_models import ellipsoid_volume
-from tsfm_backend.checkpoints import LoadedModel
-from tsfm_backend.inference.click_policy import dice
 from tsfm_backend.inference.corrections import click_ball, correct_locally, negative_reach_mm
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
-from tsfm_backend.model_card import ModelCardError
 
 
 def test_changes_away_from_the_click_are_reverted():
@@ -81,54 +74,3 @@ def test_the_session_localises_corrections_but_not_first_clicks(echo_model, soft
     assert both[20, 60, 60] and np.array_equal(both[:, :45, :45], first[:, :45, :45])
     session.interact(Interaction("point", False, point=(20, 60, 60)))  # removes only what it touches
     assert not session.mask(1)[20, 60, 60] and np.array_equal(session.mask(1), first)
-
-
-def _windowed(model, window=(12, 24, 24)):
-    return LoadedModel(model.network, replace(model.card, correction_region=window))
-
-
-def test_a_correction_is_predicted_in_a_window_around_the_click(echo_model, soft_tissue):
-    plain = InteractiveSession(echo_model, soft_tissue, local_corrections=True)
-    windowed = InteractiveSession(_windowed(echo_model), soft_tissue, local_corrections=True)
-    network = windowed.network
-    clicks = [Interaction("point", True, point=(20, 30, 30)), Interaction("point", True, point=(20, 40, 42)),
-              Interaction("point", False, point=(20, 30, 30)), Interaction("point", True, point=(24, 36, 36))]
-    for click in clicks:
-        plain.interact(click)
-        before = windowed.mask(1) if windowed.objects else None
-        calls = len(network.calls)
-        update = windowed.interact(click)
-        after = windowed.mask(1)
-        # The first click runs on the object's region; each correction on the small window only, and
-        # changes nothing outside it (the window spans 24 x 48 x 48 mm around the click).
-        assert network.calls[calls:] == ([(16, 32, 32)] if click is clicks[0] else [(12, 24, 24)])
-        if before is not None:
-            outside = np.ones(after.shape, bool)
-            k, j, i = click.point
-            outside[k - 6:k + 7, j - 24:j + 25, i - 24:i + 25] = False
-            assert np.array_equal(after[outside], before[outside]) and not update.empty
-        assert after[click.point] == click.positive
-        # The window sees the same network on a differently aligned grid: the same correction, up to
-        # resampling at its boundary.
-        assert dice(after, plain.mask(1)) > 0.9
-
-
-def test_a_correction_reaching_the_window_border_is_predicted_on_the_whole_region(bright_model):
-    volume, _ = ellipsoid_volume()
-    plain = InteractiveSession(bright_model, volume, local_corrections=True)
-    windowed = InteractiveSession(_windowed(bright_model, (4, 8, 8)), volume, local_corrections=True)
-    network = windowed.network
-    for session in (plain, windowed):
-        session.set_mask(1, np.zeros(volume.array.shape, np.uint8) | (np.indices(volume.array.shape)[2] == 48))
-        calls = len(network.calls)
-        session.interact(Interaction("point", True, point=(20, 48, 48)))
-    grids = network.calls[calls:]
-    assert grids[0] == (4, 8, 8) and len(grids) > 1 and grids[1] != (4, 8, 8)
-    assert np.array_equal(windowed.mask(1), plain.mask(1))
-
-
-def test_a_card_refuses_a_correction_region_that_is_not_three_positive_sizes(echo_model):
-    for bad in ((0, 16, 16), (8, 16)):
-        with pytest.raises(ModelCardError, match="correction_region"):
-            replace(echo_model.card, correction_region=bad)
-    assert replace(echo_model.card, correction_region=[8, 16, 16]).correction_region == (8, 16, 16)
