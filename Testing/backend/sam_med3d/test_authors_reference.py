@@ -123,7 +123,8 @@ def test_crop_and_way_back_are_the_authors_on_real_ct(reference, case):
     crop = procedure.normalize_crop(procedure.extract_crop(volume.array, grid, start, SCRIPT.CROP))
     samples, sums = SCRIPT.summary(crop.numpy())
     np.testing.assert_allclose(samples, reference[f"{case}_crop_samples"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(sums, reference[f"{case}_crop_sums"], rtol=1e-9)
+    # float32 sums over 2 million voxels: the reduction order (threads) moves them in the 8th digit
+    np.testing.assert_allclose(sums, reference[f"{case}_crop_sums"], rtol=1e-6)
     origin, region = procedure.paste(SCRIPT.fixed_crop_mask().astype(bool), grid, start)
     back = np.zeros(volume.shape, dtype=np.uint8)
     back[tuple(slice(o, o + n) for o, n in zip(origin, region.shape, strict=True))] = region
