@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 GUI_TOP_LEVEL = {"slicer", "qt", "vtk", "ctk", "PythonQt", "vtkmodules"}
 QT_FREE_LIB_FILES = {"client.py", "wire.py", "backend_process.py", "logic_connection.py", "logic_downloads.py",
-                     "install_plan.py", "shortcuts.py"}
+                     "install_plan.py", "shortcuts.py", "model_choices.py"}
 
 
 @dataclass(frozen=True)
