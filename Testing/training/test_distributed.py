@@ -43,6 +43,7 @@ WORKER = textwrap.dedent("""
     fit(model, rank_batches(info.rank), loss_fn, loop_config(out / "run"))
     weights = unwrap(model).state_dict() if strategy == "ddp" else {{}}  # FSDP ranks hold shards only
     torch.save({{"weights": weights, "losses": losses}}, out / f"rank{{info.rank}}.pt")
+    torch.distributed.barrier()  # both ranks done with FSDP's last collectives before either tears down
     distributed.cleanup()
 """)
 
