@@ -51,6 +51,9 @@ WORKER = textwrap.dedent("""
     fit(model, rank_batches(info.rank), counted, loop_config(run_dir))
     torch.save({{"initial": initial, "draws": draws}}, out / f"rank{{info.rank}}.pt")
     distributed.cleanup()
+    # Leave without the interpreter's teardown: since the batch statistics are summed over ranks, a gloo
+    # rank sometimes aborts there after its work is done ("terminate called without an active exception").
+    os._exit(0)
 """)
 
 

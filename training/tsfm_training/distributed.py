@@ -184,9 +184,25 @@ def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
             torch.distributed.get_world_size() == 1:
         return tensors
-    from torch.distributed.nn.functional import all_reduce
+    return tuple(_SumOverRanks.apply(tensor) for tensor in tensors)
 
-    return tuple(all_reduce(tensor) for tensor in tensors)
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient, with plain ``torch.distributed`` calls:
+    ``torch.distributed.nn.functional.all_reduce`` (deprecated) left a thread that aborted gloo ranks at
+    exit ("terminate called without an active exception") after their work was done."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
+        summed = tensor.clone()
+        torch.distributed.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
+        summed = grad.clone()
+        torch.distributed.all_reduce(summed)
+        return summed
 
 
 def gather_objects(value):
