@@ -63,6 +63,10 @@ def test_one_patient_in_three_modalities_and_organs_without_held_out_classes(sha
     assert len(organs) == 2 and all(v.modality == "CT" for v in organs)
     assert all("spleen" not in v.names.values() and "aorta" not in v.names.values() for v in organs)
     assert all("liver" in v.names.values() for v in organs)
+    # Bone is bright in the HU window on both CTs (labels arranged on each CT's voxels by position).
+    for volume in organs:
+        bone = volume.labels == next(k for k, name in volume.names.items() if name == "vertebrae_T12")
+        assert volume.image[bone].mean() > 0.6
     kinds = Counter(o.kind for o in click_objects.list_objects(volumes))
     assert kinds["tumour"] == 3 and kinds["organ"] > 20 and 0 < kinds["pseudo"] <= 4 * len(volumes) // 2
     batches = interactive.ClickBatches(volumes, SPACING, 5.0, [(16, 32, 32)], [3],
@@ -87,5 +91,8 @@ def test_held_out_objects_group_patients_by_modality_and_unseen_organs(shared_da
     groups = Counter(o.group for o in objects)
     assert groups == {"sarcoma CT": 1, "sarcoma PET": 1, heldout_objects.ORGAN_GROUP: 4}
     assert all(o.reference.shape == o.volume.shape and o.reference.sum() >= 200 for o in objects)
+    # On bone in both CTs: the DICOM one's segmentation is stored mirrored along J and must be arranged by position.
+    vertebrae = [o for o in objects if o.name.startswith("vertebrae_T12@")]
+    assert len(vertebrae) == 2 and all(o.volume.array[o.reference].mean() > 150 for o in vertebrae)
     with pytest.raises(ValueError, match="not TotalSegmentator"):
         heldout_objects.organ_objects(shared_data / "totalseg", ["spleeen"])

@@ -142,6 +142,23 @@ def test_prepare_case_matches_backend_grid_and_cache_reuses(tmp_path, shared_dat
     assert cache.key(case, other) != cache.key(case, settings)
 
 
+def test_prepare_case_arranges_a_mirrored_label_file_by_position_and_refuses_a_shifted_one(tmp_path, shared_data):
+    root = write_nnunet_dataset(tmp_path / "Dataset002", shared_data, ["STS_001"], {"background": 0, "tumour": 1},
+                                label_value=1)
+    case = read_dataset(root).cases[0]
+    settings = Preprocessing(spacing=(6.54, 1.953124, 1.953124), axis_order="kji", normalization={"scheme": "zscore"})
+    expected = prepare_case(case, settings).label
+    stored = sitk.ReadImage(str(case.label))
+    mirrored = sitk.Flip(stored, [False, True, False])  # same voxels, J axis stored the other way
+    assert not np.array_equal(sitk.GetArrayFromImage(mirrored), sitk.GetArrayFromImage(stored))
+    sitk.WriteImage(mirrored, str(case.label))
+    np.testing.assert_array_equal(prepare_case(case, settings).label, expected)
+    stored.SetOrigin(tuple(o + 0.5 for o in stored.GetOrigin()))
+    sitk.WriteImage(stored, str(case.label))
+    with pytest.raises(DatasetError, match="STS_001.*not on its image's voxel grid"):
+        prepare_case(case, settings)
+
+
 def test_prepare_case_resamples_before_the_window_when_the_card_says_so(tmp_path, shared_data):
     from tsfm_backend.image_io import read_volume
     from tsfm_backend.model_card import ModelCard

@@ -92,6 +92,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
 def evaluate_folders(predictions: Path, references: Path, output: Path, classes: dict[int, str] | None = None,
                      tolerance_mm: float = 2.0) -> dict[str, Any]:
     """Score every reference label map against the prediction of the same name; both on the same grid."""
+    from tsfm_backend.grid_alignment import labels_on_image_grid
     from tsfm_backend.image_io import read_volume
 
     refs, preds = _label_files(references), _label_files(predictions)
@@ -103,8 +104,9 @@ def evaluate_folders(predictions: Path, references: Path, output: Path, classes:
     rows: list[dict[str, Any]] = []
     for case_id, ref_path in refs.items():
         reference, prediction = read_volume(ref_path), read_volume(preds[case_id])
+        predicted = labels_on_image_grid(prediction, reference, f"prediction {preds[case_id].name}")
         case_classes = classes or {int(v): f"label {int(v)}" for v in np.unique(reference.array) if v != 0}
-        rows += case_metrics(np.asarray(prediction.array), np.asarray(reference.array), case_classes,
+        rows += case_metrics(predicted, np.asarray(reference.array), case_classes,
                              reference.spacing_kji, tolerance_mm, case_id)
     return write_report(rows, output, tolerance_mm)
 
@@ -113,6 +115,7 @@ def evaluate_model(loaded, cases, output: Path, tolerance_mm: float = 2.0, optio
                    device: str = "cpu") -> dict[str, Any]:
     """Segment each labelled case with the backend's sliding window and score it against its label file."""
     from tqdm.auto import tqdm
+    from tsfm_backend.grid_alignment import labels_on_image_grid
     from tsfm_backend.image_io import read_volume
     from tsfm_backend.inference.segmenter import SegmentOptions, segment_volume
 
@@ -121,7 +124,8 @@ def evaluate_model(loaded, cases, output: Path, tolerance_mm: float = 2.0, optio
     for case in tqdm(list(cases), desc="evaluate", unit="case"):
         volume = read_volume(case.images[0])
         reference = read_volume(case.label)
+        labels = labels_on_image_grid(reference, volume, f"label {case.label}")
         segmentation = segment_volume(loaded, volume, options, device=device)
-        rows += case_metrics(segmentation.labels, np.asarray(reference.array), loaded.card.classes,
+        rows += case_metrics(segmentation.labels, labels, loaded.card.classes,
                              reference.spacing_kji, tolerance_mm, case.case_id)
     return write_report(rows, output, tolerance_mm, {"model": loaded.card.id})

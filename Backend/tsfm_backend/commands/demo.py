@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tsfm_backend.checkpoints import load_model
     from tsfm_backend.device import resolve_device
+    from tsfm_backend.grid_alignment import labels_on_image_grid
     from tsfm_backend.image_io import read_volume, write_volume
     from tsfm_backend.inference.click_policy import dice, first_click
     from tsfm_backend.inference.interactive import Interaction, InteractiveSession
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"demo data not found: {folder / 'ct.nii.gz'}; pass --data or set TSFM_SHARED_DATA "
                            "to the shared data folder (the one holding sts/)")
     volume = read_volume(folder / "ct.nii.gz")
-    reference = read_volume(folder / "mask.nii.gz").array > 0 if (folder / "mask.nii.gz").is_file() else None
+    reference = labels_on_image_grid(read_volume(folder / "mask.nii.gz"), volume, "mask.nii.gz") > 0 \
+        if (folder / "mask.nii.gz").is_file() else None
     if reference is not None and reference.any():
         point = first_click(reference, volume.spacing_kji).point
     else:
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     for image_file, mask_file, modality in OTHER_MODALITIES:
         if (folder / image_file).is_file() and (folder / mask_file).is_file():
             other = read_volume(folder / image_file)
-            truth = read_volume(folder / mask_file).array > 0
+            truth = labels_on_image_grid(read_volume(folder / mask_file), other, mask_file) > 0
             session = InteractiveSession(loaded, other, device=device, modality=modality)
             started = time.perf_counter()
             session.interact(Interaction("point", True, point=first_click(truth, other.spacing_kji).point))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from tsfm_backend.grid_alignment import labels_on_image_grid
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.modality import resolve_normalization
 from tsfm_backend.preprocessing import normalize, resample_linear
@@ -71,9 +72,8 @@ def to_model_grid(path: Path, label_path: Path | None, spacing: tuple[float, flo
                   normalization: dict, modality: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(normalised image, uint16 labels, modality) of an image file and its label map on the model grid."""
     volume = read_volume(path)
-    labels = read_volume(label_path).array if label_path is not None else np.zeros(volume.shape, np.uint16)
-    if labels.shape != volume.shape:
-        raise ValueError(f"{path}: image {volume.shape} and labels {labels.shape} differ")
+    labels = labels_on_image_grid(read_volume(label_path), volume, str(label_path)) if label_path is not None \
+        else np.zeros(volume.shape, np.uint16)
     resolved = resolve_normalization(normalization, volume.array, modality)
     shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(volume.shape, volume.spacing_kji, spacing,
                                                                strict=True))

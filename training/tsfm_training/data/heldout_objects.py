@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tsfm_backend.grid_alignment import labels_on_image_grid
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.volume import Volume
 
@@ -42,8 +43,9 @@ def sarcoma_objects(root: Path, patients: list[str], modalities: list[str]) -> l
     for key in modalities:
         image_file, mask_file, modality = STS_FILES[key]
         for patient in patients:
-            objects.append(HeldoutObject(SARCOMA_GROUPS[key], f"{patient}/{key}", read_volume(root / patient / image_file),
-                                         read_volume(root / patient / mask_file).array > 0, modality))
+            volume = read_volume(root / patient / image_file)
+            mask = labels_on_image_grid(read_volume(root / patient / mask_file), volume, f"{patient}/{mask_file}")
+            objects.append(HeldoutObject(SARCOMA_GROUPS[key], f"{patient}/{key}", volume, mask > 0, modality))
     return objects
 
 
@@ -57,7 +59,7 @@ def organ_objects(root: Path, classes: list[str]) -> list[HeldoutObject]:
     objects = []
     for image_file, label_file in TOTALSEG_PAIRS:
         volume = read_volume(root / image_file)
-        labels = read_volume(root / label_file).array
+        labels = labels_on_image_grid(read_volume(root / label_file), volume, label_file)
         for name in classes:
             reference = labels == ids[name]
             if int(reference.sum()) >= MIN_REFERENCE_VOXELS:

@@ -55,6 +55,7 @@ class PreparedCase:
 def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
     """Read the case's files and bring them to the network grid (see module docstring)."""
     import torch
+    from tsfm_backend.grid_alignment import GridMismatchError, labels_on_image_grid
     from tsfm_backend.image_io import read_volume
     from tsfm_backend.preprocessing import (
         nearest_source_indices,
@@ -83,11 +84,10 @@ def prepare_case(case: Case, settings: Preprocessing) -> PreparedCase:
 
     def on_grid(path: Path) -> np.ndarray:
         # Labels and masks follow the image by nearest neighbour, with the same voxel-centre convention.
-        label_volume = read_volume(path)
-        if label_volume.shape != reference.shape:
-            raise DatasetError(f"case {case.case_id!r}: label {path} has shape {label_volume.shape}, "
-                               f"image {reference.shape}")
-        values = label_volume.array
+        try:
+            values = labels_on_image_grid(read_volume(path), reference, f"label {path}")
+        except GridMismatchError as error:
+            raise DatasetError(f"case {case.case_id!r}: {error}") from error
         if not np.issubdtype(values.dtype, np.integer):
             if not np.array_equal(values, np.round(values)):
                 raise DatasetError(f"case {case.case_id!r}: label {path} holds non-integer values")
