@@ -80,6 +80,10 @@ class ModelCard:
         local_corrections: for promptable models, whether a click on an object that already has a mask
             changes it only by the changes of its sign connected to the click (``inference.corrections``),
             so that a correction cannot alter distant parts of the object, nor remove when it asks to add.
+        first_mask_logit: for ``click_unet`` models, the logit above which a voxel joins an object's
+            first mask (the prediction for an object whose mask is empty); later predictions threshold
+            at 0 (probability 0.5). A negative value widens first masks of a network that under-segments
+            objects it is first pointed at; the card's provenance says how it was chosen.
     """
 
     id: str
@@ -103,6 +107,7 @@ class ModelCard:
     head_trained: bool = True
     procedure: str | None = None
     local_corrections: bool = False
+    first_mask_logit: float = 0.0
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -145,6 +150,9 @@ class ModelCard:
             raise ModelCardError(f"head_trained must be true or false, got {self.head_trained!r}")
         if self.procedure is not None and self.procedure not in PROCEDURES:
             raise ModelCardError(f"procedure {self.procedure!r} is not one of {PROCEDURES}")
+        if isinstance(self.first_mask_logit, bool) or not isinstance(self.first_mask_logit, (int, float)) \
+                or not -10.0 <= self.first_mask_logit <= 10.0:
+            raise ModelCardError(f"first_mask_logit must be a number in [-10, 10], got {self.first_mask_logit!r}")
         if self.in_channels < 1:
             raise ModelCardError(f"in_channels must be at least 1, got {self.in_channels}")
         if self.format_version > CARD_FORMAT_VERSION:

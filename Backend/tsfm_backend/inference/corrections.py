@@ -39,12 +39,47 @@ def click_ball(shape: tuple[int, int, int], point: tuple[int, int, int],
     return (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2) <= 1.0
 
 
+def _axis_bound_mm(mask: np.ndarray, point: tuple[int, int, int], spacing: tuple[float, float, float]) -> float:
+    """Distance (mm) from ``point`` to the nearest outside voxel along the six axis directions: an upper
+    bound of its depth (the array's border counts as outside)."""
+    bound = np.inf
+    for axis, (p, s) in enumerate(zip(point, spacing, strict=True)):
+        index = list(point)
+        index[axis] = slice(None)
+        outside = np.flatnonzero(~mask[tuple(index)])
+        below = outside[outside < p]
+        above = outside[outside > p]
+        steps = min(p - below[-1] if below.size else p + 1, above[0] - p if above.size else mask.shape[axis] - p)
+        bound = min(bound, steps * s)
+    return float(bound)
+
+
+def depth_mm(mask: np.ndarray, point: tuple[int, int, int], spacing: tuple[float, float, float]) -> float:
+    """Distance (mm) from ``point`` to the nearest voxel outside ``mask`` (the array's border counts as
+    outside); 0 when ``point`` is outside.
+
+    The distance map is computed only in the box the depth can reach (the nearest outside voxel along
+    the axes bounds it), so a click costs what its neighbourhood holds, not the whole region (a distance
+    map of a 2.8 M-voxel region takes 0.1 to 0.5 s).
+    """
+    if not mask[point]:
+        return 0.0
+    bound = _axis_bound_mm(mask, point, spacing)
+    low = [max(p - int(np.ceil(bound / s)), 0) for p, s in zip(point, spacing, strict=True)]
+    high = [min(p + int(np.ceil(bound / s)) + 1, n) for p, s, n in zip(point, spacing, mask.shape, strict=True)]
+    # The box holds every voxel within ``bound`` of the point; "outside" is padded only where it meets
+    # the array's border.
+    pad = [(int(a == 0), int(b == n)) for a, b, n in zip(low, high, mask.shape, strict=True)]
+    box = np.pad(mask[tuple(slice(a, b) for a, b in zip(low, high, strict=True))], pad)
+    local = tuple(p - a + before for p, a, (before, _) in zip(point, low, pad, strict=True))
+    return float(ndimage.distance_transform_edt(box, sampling=spacing)[local])
+
+
 def negative_reach_mm(old: np.ndarray, point: tuple[int, int, int], spacing: tuple[float, float, float]) -> float:
     """How far (mm) from a negative click at ``point`` its removal may reach in the mask ``old``."""
     if not all(0 <= p < n for p, n in zip(point, old.shape, strict=True)):
         return MIN_NEGATIVE_REACH_MM
-    depth = ndimage.distance_transform_edt(np.pad(old > 0, 1), sampling=spacing)[1:-1, 1:-1, 1:-1][point]
-    return max(NEGATIVE_REACH * float(depth), MIN_NEGATIVE_REACH_MM)
+    return max(NEGATIVE_REACH * depth_mm(old > 0, point, spacing), MIN_NEGATIVE_REACH_MM)
 
 
 def correct_locally(old: np.ndarray, new: np.ndarray, point: tuple[int, int, int], positive: bool,

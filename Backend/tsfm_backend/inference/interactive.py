@@ -9,7 +9,8 @@ image grid, its prompts and an undo/redo history. An interaction:
    touches an inner border of the ROI (at most ``MAX_GROWTH`` times, each time covering the mask plus
    a margin); whatever the spacing it never holds more than ``MAX_ROI_VOXELS`` image voxels;
 3. runs the click-conditioned network on the ROI resampled to the model grid (image, positive and
-   negative click balls, box map, previous mask) and writes the thresholded result back into the ROI;
+   negative click balls, box map, previous mask) and writes the thresholded result back into the ROI
+   (an object's first mask at the card's ``first_mask_logit``, later ones at logit 0);
 4. returns a ``MaskUpdate`` holding only the bounding box of the voxels that changed.
 
 Models of family ``sam3d`` (3DSAM-adapter) take positive clicks only and run one of two procedures, the
@@ -445,7 +446,8 @@ class InteractiveSession:
             if self.card.output == "softmax":
                 logits = logits[:, 1:2] - logits[:, :1]
             logits = F.interpolate(logits, size=roi.size, mode="trilinear", align_corners=False)
-        return (logits[0, 0] > 0).to(torch.uint8).cpu().numpy()
+        threshold = self.card.first_mask_logit if not mask.any() else 0.0
+        return (logits[0, 0] > threshold).to(torch.uint8).cpu().numpy()
 
     def _predict_sam3d(self, current: Roi | None, prompts: _Prompts) -> tuple[Roi, np.ndarray]:
         """3DSAM-adapter: one cube of ``patch_size`` at the card spacing centred on the positive clicks.

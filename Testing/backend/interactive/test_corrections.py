@@ -4,7 +4,9 @@ applies them to clicks on an object that already has a mask."""
 from __future__ import annotations
 
 import numpy as np
-from tsfm_backend.inference.corrections import click_ball, correct_locally, negative_reach_mm
+import pytest
+from scipy import ndimage
+from tsfm_backend.inference.corrections import click_ball, correct_locally, depth_mm, negative_reach_mm
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
 
 
@@ -74,3 +76,18 @@ def test_the_session_localises_corrections_but_not_first_clicks(echo_model, soft
     assert both[20, 60, 60] and np.array_equal(both[:, :45, :45], first[:, :45, :45])
     session.interact(Interaction("point", False, point=(20, 60, 60)))  # removes only what it touches
     assert not session.mask(1)[20, 60, 60] and np.array_equal(session.mask(1), first)
+
+
+def test_the_depth_of_a_click_equals_the_whole_distance_map_at_it():
+    """The depth is computed in a box around the click only; it must equal the distance map of the whole
+    region, with the region's border counting as outside, whatever the mask, spacing and click."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(5, 40, 3))
+        mask = ndimage.gaussian_filter(rng.random(shape), 2.0) > rng.uniform(0.45, 0.55)
+        if rng.random() < 0.2:
+            mask = np.ones(shape, bool)  # the nearest outside voxel is beyond the region's border
+        spacing = tuple(float(s) for s in rng.uniform(0.3, 4.0, 3))
+        point = tuple(int(rng.integers(0, n)) for n in shape)
+        whole = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1][point]
+        assert depth_mm(mask, point, spacing) == pytest.approx(whole, abs=1e-9)

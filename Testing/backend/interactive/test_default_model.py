@@ -3,13 +3,15 @@ MR and PET, an organ class it never saw, a 2D box, and its card."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tsfm_backend.checkpoints import load_model
+from tsfm_backend.checkpoints import LoadedModel, load_model
 from tsfm_backend.image_io import read_volume
 from tsfm_backend.inference.click_policy import dice, first_click
 from tsfm_backend.inference.interactive import Interaction, InteractiveSession
+from tsfm_backend.model_card import ModelCardError
 from tsfm_backend.store import DEFAULT_INTERACTIVE_MODEL
 from tsfm_training.data.heldout_objects import organ_objects
 
@@ -83,3 +85,24 @@ def test_corrections_are_local_as_the_card_says(default, shared_data):
     assert InteractiveSession(default, small_ct).local_corrections is True
     assert InteractiveSession(default, small_ct, local_corrections=False).local_corrections is False
     assert InteractiveSession(load_model("sts-click-small"), small_ct).local_corrections is False
+
+
+def test_an_objects_first_mask_takes_the_cards_threshold_and_later_masks_logit_0(default, shared_data):
+    (spleen, *_) = organ_objects(shared_data / "totalseg", ["spleen"])
+    click = first_click(spleen.reference, spleen.volume.spacing_kji).point
+    seeded = spleen.reference.astype("uint8")
+    seeded[click[0]:] = 0  # half of the organ: a mask that a correction will change
+    assert seeded.any()
+    first, corrected = {}, {}
+    for logit in (0.0, -2.0):
+        loaded = LoadedModel(default.network, replace(default.card, first_mask_logit=logit))
+        session = InteractiveSession(loaded, spleen.volume, modality="CT", local_corrections=False)
+        session.interact(Interaction("point", True, point=click))
+        first[logit] = session.mask(1)
+        session.set_mask(2, seeded)
+        session.interact(Interaction("point", True, point=click, object_id=2))
+        corrected[logit] = session.mask(2)
+    assert first[-2.0].sum() > first[0.0].sum() and (first[-2.0] >= first[0.0]).all()
+    assert (corrected[-2.0] == corrected[0.0]).all() and (corrected[0.0] != seeded).any()
+    with pytest.raises(ModelCardError, match="first_mask_logit"):
+        replace(default.card, first_mask_logit="wide")

@@ -326,6 +326,7 @@ def build_card(config: dict[str, Any], train: list[str], validation: list[str], 
         normalization=dict(data["normalization"]), patch_size=tuple(model["crop_size"]), output="sigmoid",
         license=model.get("license", "CC-BY-3.0"), description=model.get("description", ""),
         local_corrections=bool(model.get("local_corrections", False)),
+        first_mask_logit=float(model.get("first_mask_logit", 0.0)),
         provenance={
             "data": {"root": str(root), "training_cases": train, "validation_cases": validation,
                      "attribution": model.get("attribution", "")},
