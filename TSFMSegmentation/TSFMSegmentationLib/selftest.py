@@ -111,9 +111,11 @@ def lesion_box_world(volume_node, reference: np.ndarray, on_one_slice: bool) -> 
     return (corners[0] + corners[1]) / 2.0, np.abs(corners[1] - corners[0])
 
 
-# What the self-test requires of the default model on the phantom (it measures about 0.53 and 0.66):
-# far above what a wrong geometry or a broken model gives (near 0), below what the model reaches.
-MIN_CLICK_DICE = 0.4
+# What the self-test requires of the default model on the phantom (it measures about 0.32 and 0.66):
+# far above what a wrong geometry or a broken model gives (near 0), below what the model reaches. The
+# click measures 0.53 with first masks at logit 0; the card's first_mask_logit -1, which raises one click
+# on real tumours and organs, over-segments the phantom's sharp, uniform lesion.
+MIN_CLICK_DICE = 0.25
 MIN_BOX_DICE = 0.5
 
 

@@ -18,6 +18,10 @@ from support.reference_outputs import load_outputs, load_script
 from tsfm_backend.checkpoints import instantiate, read_checkpoint
 from tsfm_backend.models import patch_merging, suprem
 
+# Float32 sums run in another order on other CPUs (their AVX-512 / AMX kernels): up to 4e-5 apart on outputs
+# of magnitude 8. A changed weight moves them by more than 1e-3.
+FLOAT32_ATOL = 1e-4
+
 REFERENCE = load_script("make_suprem_swin_reference")
 
 
@@ -55,7 +59,7 @@ def legacy() -> torch.nn.Module:
 def test_legacy_patch_merging_computes_monai_0_9_and_the_current_order_does_not(reference, legacy):
     expected = torch.from_numpy(reference["output"])
     assert REFERENCE.weights_digest(legacy.state_dict()) == str(reference["weights_sha256"])
-    torch.testing.assert_close(_output(legacy, reference), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_output(legacy, reference), expected, rtol=0, atol=FLOAT32_ATOL)
     current = _output(_network(), reference)  # no flag: the order of MONAI 1.5 and later
     assert (current - expected).abs().max() > 0.5
 

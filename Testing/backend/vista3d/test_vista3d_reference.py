@@ -17,6 +17,10 @@ from support.reference_outputs import REFERENCE_DIR, load_outputs, load_script, 
 from tsfm_backend.checkpoints import import_model, instantiate, load_model, read_checkpoint
 from tsfm_backend.models import vista3d
 
+# Float32 sums run in another order on other CPUs (their AVX-512 / AMX kernels): up to 4e-5 apart on outputs
+# of magnitude 8. A changed weight moves them by more than 1e-3.
+FLOAT32_ATOL = 1e-4
+
 REFERENCE = load_script("vista3d/make_vista3d_reference")
 
 
@@ -79,8 +83,8 @@ def test_the_importer_reads_the_architecture_from_the_weights(released_file):
 
 def test_imported_vista3d_computes_monai_1_4_s_outputs(reference, imported):
     assert REFERENCE.weights_digest(imported.state_dict()) == str(reference["weights_sha256"])
-    torch.testing.assert_close(_automatic(imported), torch.from_numpy(reference["automatic"]), rtol=0, atol=1e-5)
-    torch.testing.assert_close(_clicks(imported), torch.from_numpy(reference["points"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(_automatic(imported), torch.from_numpy(reference["automatic"]), rtol=0, atol=FLOAT32_ATOL)
+    torch.testing.assert_close(_clicks(imported), torch.from_numpy(reference["points"]), rtol=0, atol=FLOAT32_ATOL)
 
 
 @pytest.mark.parametrize("name", ["image_encoder.encoder.layers.2.blocks.1.conv1.weight",
@@ -92,7 +96,7 @@ def test_a_perturbed_weight_does_not(reference, imported, name):
     expected = torch.from_numpy(reference[key])
     with nudged(weight, (0,) * weight.dim()):
         assert (output(imported) - expected).abs().max() > 1e-3
-    torch.testing.assert_close(output(imported), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(output(imported), expected, rtol=0, atol=FLOAT32_ATOL)
 
 
 def test_import_installs_a_model_that_loads_by_id(released_file):
