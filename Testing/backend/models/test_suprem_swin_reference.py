@@ -14,13 +14,9 @@ import numpy as np
 import pytest
 import torch
 from support.official_checkpoints import write_suprem_checkpoint
-from support.reference_outputs import load_outputs, load_script
+from support.reference_outputs import FLOAT32_ATOL, load_outputs, load_script
 from tsfm_backend.checkpoints import instantiate, read_checkpoint
 from tsfm_backend.models import patch_merging, suprem
-
-# Float32 sums run in another order on other CPUs (their AVX-512 / AMX kernels): up to 4e-5 apart on outputs
-# of magnitude 8. A changed weight moves them by more than 1e-3.
-FLOAT32_ATOL = 1e-4
 
 REFERENCE = load_script("make_suprem_swin_reference")
 

@@ -13,13 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.reference_outputs import REFERENCE_DIR, load_outputs, load_script, nudged
+from support.reference_outputs import FLOAT32_ATOL, REFERENCE_DIR, load_outputs, load_script, nudged
 from tsfm_backend.checkpoints import import_model, instantiate, load_model, read_checkpoint
 from tsfm_backend.models import vista3d
-
-# Float32 sums run in another order on other CPUs (their AVX-512 / AMX kernels): up to 4e-5 apart on outputs
-# of magnitude 8. A changed weight moves them by more than 1e-3.
-FLOAT32_ATOL = 1e-4
 
 REFERENCE = load_script("vista3d/make_vista3d_reference")
 
